@@ -1,0 +1,403 @@
+"""Domain XML -> typed, immutable model.
+
+Parsed once, safely: no DTD, no entities, no network, a size cap. Namespaced
+elements are matched by URI, never by prefix. Every object keeps the line of
+the element it came from, so findings can point at it.
+
+Where libvirt would read only the first of several same-named children
+(``virXPathNode``), the model does the same and also records the ambiguity, so
+a rule can refuse a document that two readers could understand differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from .errors import InputError, NotADomain
+
+MAX_BYTES = 10 * 1024 * 1024
+
+NS_QEMU = "http://libvirt.org/schemas/domain/qemu/1.0"
+NS_XEN = "http://libvirt.org/schemas/domain/xen/1.0"
+NS_BHYVE = "http://libvirt.org/schemas/domain/bhyve/1.0"
+NS_LXC = "http://libvirt.org/schemas/domain/lxc/1.0"
+NS_QWAMOS = "urn:qwamos:hooks:1"
+
+# Namespaces whose <commandline> hands raw arguments to the emulator.
+COMMANDLINE_NAMESPACES = {NS_QEMU: "qemu", NS_XEN: "xen", NS_BHYVE: "bhyve"}
+
+INTERFACE_TYPES = frozenset(
+    "bridge network direct user ethernet vhostuser hostdev vdpa server client "
+    "mcast udp null vds".split()
+)
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+)
+
+
+@dataclass(frozen=True)
+class Interface:
+    index: int  # position among the domain's interfaces (net0, net1, ... at start)
+    line: int
+    type: str
+    model: str | None  # lower-cased, as libvirt compares models
+    mac: str | None  # lower-cased
+    source_bridge: str | None
+    source_network: str | None
+    source_portgroup: str | None
+    source_dev: str | None
+    resolved_bridge: str | None  # bridge= that libvirt fills in for type='network' at start
+    target_dev: str | None
+    target_managed: str | None
+    driver_name: str | None
+    backend_vhost: str | None
+    backend_tap: str | None
+    backend_type: str | None
+    alias: str | None
+    virtualport_type: str | None
+    ips: tuple[str, ...]  # <ip address=...> declared on the interface
+    duplicated: tuple[str, ...]  # child elements given more than once (ambiguous)
+
+    @property
+    def label(self) -> str:
+        """How a finding names this NIC: alias or tap if known, else its position."""
+        name = self.alias or self.target_dev or f"#{self.index}"
+        return f"interface {name} ({self.type}{', ' + self.mac if self.mac else ''})"
+
+
+@dataclass(frozen=True)
+class Hostdev:
+    line: int
+    mode: str | None
+    type: str | None
+    managed: str | None
+    alias: str | None
+    address: str | None  # pci domain:bus:slot.function when given
+    teaming: str | None  # 'transient' when it is the VF of a failover pair
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """A raw-argument block: <qemu:commandline>, <xen:commandline>, <bhyve:commandline>."""
+
+    line: int
+    hypervisor: str  # qemu | xen | bhyve
+    args: tuple[tuple[str, int], ...]  # (value, line)
+    env: tuple[tuple[str, str, int], ...]  # (name, value, line)
+
+
+@dataclass(frozen=True)
+class Override:
+    """<qemu:override><qemu:device alias=...>: rewrites a device's properties."""
+
+    line: int
+    alias: str
+    properties: tuple[str, ...]  # frontend property names
+
+
+@dataclass(frozen=True)
+class ShareNet:
+    """<lxc:sharenet>: the guest joins a host network namespace."""
+
+    line: int
+    type: str | None
+    value: str | None
+
+
+@dataclass(frozen=True)
+class Waiver:
+    line: int
+    rule: str
+    reason: str | None
+    expires: str | None
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Our element inside <metadata>: <qwamos:vm profile='...'>."""
+
+    line: int
+    profile: str | None
+    waivers: tuple[Waiver, ...] = ()
+
+
+@dataclass(frozen=True)
+class Domain:
+    source: str  # file name or '<stdin>'
+    line: int
+    type: str | None
+    name: str | None
+    uuid: str | None
+    arch: str | None
+    machine: str | None
+    memory_kib: int | None
+    max_memory_kib: int | None
+    hard_limit_kib: int | None
+    vcpus: int | None
+    kernel: str | None
+    initrd: str | None
+    loader: str | None
+    interfaces: tuple[Interface, ...]
+    hostdevs: tuple[Hostdev, ...]
+    iommu: bool
+    commandlines: tuple[CommandLine, ...]
+    overrides: tuple[Override, ...]
+    sharenets: tuple[ShareNet, ...]
+    metadata: Metadata | None
+    lines: dict = field(default_factory=dict, compare=False, hash=False)  # misc element -> line
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+def parse_bytes(data: bytes, source: str = "<stdin>") -> Domain:
+    if len(data) > MAX_BYTES:
+        raise InputError(f"{source}: input is larger than {MAX_BYTES // (1024 * 1024)} MiB")
+    if not data.strip():
+        raise InputError(f"{source}: empty input, expected domain XML")
+    # libvirt never writes a DOCTYPE; any DTD is hostile here (XXE, billion laughs).
+    head = data[:4096].lower()
+    if b"<!doctype" in head or b"<!entity" in data:
+        raise InputError(f"{source}: DOCTYPE/ENTITY declarations are refused in domain XML")
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else "malformed XML"
+        raise InputError(f"{source}: not well-formed XML: {msg}") from None
+    except ValueError as exc:  # e.g. encoding declarations lxml refuses
+        raise InputError(f"{source}: unreadable XML: {exc}") from None
+    if root is None:
+        raise InputError(f"{source}: empty document")
+    if root.getroottree().docinfo.doctype:
+        raise InputError(f"{source}: DOCTYPE declarations are refused in domain XML")
+    if root.tag != "domain":
+        raise NotADomain(f"{source}: root element is <{_local(root.tag)}>, expected <domain>")
+    return _domain(root, source)
+
+
+def parse_file(path: str) -> Domain:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_bytes(data, path)
+
+
+def _local(tag) -> str:
+    if not isinstance(tag, str):
+        return "?"
+    return tag.rsplit("}", 1)[-1]
+
+
+def _text(el) -> str | None:
+    if el is None or el.text is None:
+        return None
+    return el.text.strip()
+
+
+def _int(el) -> int | None:
+    t = _text(el)
+    if t is None:
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        return None
+
+
+_UNIT = {
+    "b": 1, "bytes": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}
+
+
+def _kib(el) -> int | None:
+    """A libvirt scaled integer in KiB (unit attribute, default KiB)."""
+    n = _int(el)
+    if n is None:
+        return None
+    unit = (el.get("unit") or "KiB").lower()
+    mult = _UNIT.get(unit)
+    if mult is None:
+        return None
+    return n * mult // 1024
+
+
+def _first(parent, tag):
+    return parent.find(tag) if parent is not None else None
+
+
+def _interface(idx: int, el) -> Interface:
+    counts: dict[str, int] = {}
+    for child in el:
+        if isinstance(child.tag, str):
+            counts[child.tag] = counts.get(child.tag, 0) + 1
+    dup = tuple(sorted(t for t, n in counts.items() if n > 1 and t in _SINGLE_CHILDREN))
+    src = el.find("source")
+    model = el.find("model")
+    mac = el.find("mac")
+    target = el.find("target")
+    driver = el.find("driver")
+    backend = el.find("backend")
+    alias = el.find("alias")
+    vport = el.find("virtualport")
+    ips = tuple(ip.get("address", "") for ip in el.findall("ip"))
+    g = (lambda e, a: e.get(a) if e is not None else None)
+    mtype = g(model, "type")
+    maddr = g(mac, "address")
+    return Interface(
+        index=idx,
+        line=el.sourceline or 0,
+        type=el.get("type", ""),
+        model=mtype.lower() if mtype is not None else None,
+        mac=maddr.lower() if maddr is not None else None,
+        source_bridge=g(src, "bridge") if el.get("type") == "bridge" else None,
+        source_network=g(src, "network"),
+        source_portgroup=g(src, "portgroup"),
+        source_dev=g(src, "dev"),
+        resolved_bridge=g(src, "bridge") if el.get("type") == "network" else None,
+        target_dev=g(target, "dev"),
+        target_managed=g(target, "managed"),
+        driver_name=g(driver, "name"),
+        backend_vhost=g(backend, "vhost"),
+        backend_tap=g(backend, "tap"),
+        backend_type=g(backend, "type"),
+        alias=g(alias, "name"),
+        virtualport_type=g(vport, "type"),
+        ips=ips,
+        duplicated=dup,
+    )
+
+
+# Children libvirt reads once per interface; a second copy means two readers may disagree.
+_SINGLE_CHILDREN = frozenset(
+    "source model mac target driver backend alias virtualport script link".split()
+)
+
+
+def _hostdev(el) -> Hostdev:
+    addr = None
+    src = el.find("source")
+    a = src.find("address") if src is not None else None
+    if a is not None and el.get("type") == "pci":
+        addr = "{}:{}:{}.{}".format(
+            a.get("domain", "0x0000"), a.get("bus", "?"), a.get("slot", "?"), a.get("function", "?")
+        )
+    team = el.find("teaming")
+    alias = el.find("alias")
+    return Hostdev(
+        line=el.sourceline or 0,
+        mode=el.get("mode"),
+        type=el.get("type"),
+        managed=el.get("managed"),
+        alias=alias.get("name") if alias is not None else None,
+        address=addr,
+        teaming=team.get("type") if team is not None else None,
+    )
+
+
+def _commandlines(root) -> tuple[CommandLine, ...]:
+    out = []
+    for uri, hv in COMMANDLINE_NAMESPACES.items():
+        # Any depth: libvirt reads only direct children, but a stray copy
+        # elsewhere is refused by the same rule rather than ignored.
+        for cl in root.iter(f"{{{uri}}}commandline"):
+            args = tuple(
+                (a.get("value", ""), a.sourceline or 0) for a in cl.iter(f"{{{uri}}}arg")
+            )
+            env = tuple(
+                (e.get("name", ""), e.get("value", ""), e.sourceline or 0)
+                for e in cl.iter(f"{{{uri}}}env")
+            )
+            out.append(CommandLine(cl.sourceline or 0, hv, args, env))
+    return tuple(out)
+
+
+def _overrides(root) -> tuple[Override, ...]:
+    out = []
+    for dev in root.iter(f"{{{NS_QEMU}}}device"):
+        props = tuple(
+            p.get("name", "")
+            for p in dev.iter(f"{{{NS_QEMU}}}property")
+        )
+        out.append(Override(dev.sourceline or 0, dev.get("alias", ""), props))
+    return tuple(out)
+
+
+def _metadata(root) -> Metadata | None:
+    md = root.find("metadata")
+    if md is None:
+        return None
+    vm = md.find(f"{{{NS_QWAMOS}}}vm")
+    if vm is None:
+        return None
+    profile = vm.get("profile")
+    if profile is None:
+        p = vm.find(f"{{{NS_QWAMOS}}}profile")
+        profile = _text(p)
+    waivers = tuple(
+        Waiver(w.sourceline or 0, w.get("rule", ""), w.get("reason"), w.get("expires"))
+        for w in vm.iter(f"{{{NS_QWAMOS}}}waive")
+    )
+    return Metadata(vm.sourceline or 0, profile, waivers)
+
+
+def _domain(root, source: str) -> Domain:
+    os_el = root.find("os")
+    ostype = _first(os_el, "type")
+    memtune = root.find("memtune")
+    vcpu = root.find("vcpu")
+    ifaces = tuple(_interface(i, el) for i, el in enumerate(root.findall("devices/interface")))
+    hostdevs = tuple(_hostdev(el) for el in root.findall("devices/hostdev"))
+    sharenets = tuple(
+        ShareNet(el.sourceline or 0, el.get("type"), el.get("value"))
+        for el in root.iter(f"{{{NS_LXC}}}sharenet")
+    )
+    max_mem = root.find("maxMemory")
+    loader = _first(os_el, "loader")
+    lines = {}
+    for tag in ("memory", "vcpu", "memtune", "os"):
+        el = root.find(tag)
+        if el is not None:
+            lines[tag] = el.sourceline or 0
+    devices = root.find("devices")
+    if devices is not None:
+        lines["devices"] = devices.sourceline or 0
+    name = _text(root.find("name"))
+    return Domain(
+        source=source,
+        line=root.sourceline or 0,
+        type=root.get("type"),
+        name=name,
+        uuid=(_text(root.find("uuid")) or "").lower() or None,
+        arch=ostype.get("arch") if ostype is not None else None,
+        machine=ostype.get("machine") if ostype is not None else None,
+        memory_kib=_kib(root.find("memory")),
+        max_memory_kib=_kib(max_mem),
+        hard_limit_kib=_kib(_first(memtune, "hard_limit")),
+        vcpus=_int(vcpu),
+        kernel=_text(_first(os_el, "kernel")),
+        initrd=_text(_first(os_el, "initrd")),
+        loader=_text(loader),
+        interfaces=ifaces,
+        hostdevs=hostdevs,
+        iommu=root.find("devices/iommu") is not None,
+        commandlines=_commandlines(root),
+        overrides=_overrides(root),
+        sharenets=sharenets,
+        metadata=_metadata(root),
+        lines=lines,
+    )

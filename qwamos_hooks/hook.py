@@ -1,0 +1,211 @@
+"""The libvirt qemu hook: ``HOOK NAME OP SUBOP EXTRA`` with the domain XML on stdin.
+
+This file holds the stage table, the one place that says what each libvirt
+event does and whether it may block. Stage actions (firewall, keys) are
+imported only when a stage names them, so a VM start pays for nothing else.
+
+Exit codes: 0 allowed (or a stage that must not block), 1 blocked, 2 usage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+USAGE = "usage: qwamos-hook NAME OP SUBOP EXTRA < domain.xml  (called by libvirtd from hooks/qemu.d/)"
+
+EXIT_ALLOW = 0
+EXIT_BLOCK = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Stage:
+    can_block: bool  # libvirt honours a non-zero exit (for reconnect it kills the VM: never)
+    check: str | None  # run the policy: "defined" (XML before start) or "live" (taps, resolved bridges)
+    actions: tuple[str, ...] = ()  # names in ACTIONS, run in order after a passing check
+
+
+# As measured with libvirt 9.0 (see docs/hook-stages.md). After a blocked
+# prepare or start, libvirt still runs stopped/end and release/end, so their
+# actions clean up from recorded state and are idempotent.
+STAGES: dict[tuple[str, str], Stage] = {
+    ("prepare", "begin"): Stage(True, "defined"),
+    ("start", "begin"): Stage(True, "live"),
+    ("started", "begin"): Stage(True, None),
+    ("stopped", "end"): Stage(False, None),
+    ("release", "end"): Stage(False, None),
+    ("migrate", "begin"): Stage(True, "defined"),
+    ("restore", "begin"): Stage(True, "defined"),
+    ("reconnect", "begin"): Stage(False, "live"),
+    ("attach", "begin"): Stage(True, "live"),
+}
+
+# action name -> "module:function"; each is def fn(ctx: StageContext) -> None,
+# raising errors.StageError to block.
+ACTIONS: dict[str, str] = {}
+
+
+class _Block(Exception):
+    pass
+
+
+def _log_to(paths):
+    import syslog
+
+    syslog.openlog("qwamos-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def log(line: str) -> None:
+        syslog.syslog(syslog.LOG_NOTICE, line)
+        try:
+            os.makedirs(os.path.dirname(paths.log_file), mode=0o750, exist_ok=True)
+            with open(paths.log_file, "a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} [{os.getpid()}] {line}\n")
+        except OSError:
+            pass
+
+    return log
+
+
+def _summary(findings, limit: int = 3) -> str:
+    parts = [f"{f.rule} {f.device + ': ' if f.device else ''}{f.message}" for f in findings[:limit]]
+    more = f" (+{len(findings) - limit} more)" if len(findings) > limit else ""
+    return "; ".join(parts) + more
+
+
+def _resolve(name: str):
+    import importlib
+
+    modname, func = ACTIONS[name].split(":")
+    return getattr(importlib.import_module(modname), func)
+
+
+def run(argv: list[str], stdin, env=os.environ) -> tuple[int, str]:
+    """The hook without process plumbing: returns (exit code, stderr line)."""
+    from .paths import Paths
+
+    if len(argv) < 3:
+        return EXIT_USAGE, USAGE
+    vm, op, subop = argv[0], argv[1], argv[2]
+    stage = STAGES.get((op, subop))
+    paths = Paths.from_env(env=env)
+    log = _log_to(paths)
+    if stage is None:
+        # An event this version does not know: never block or kill a VM for it.
+        log(f"{vm} {op}/{subop}: unknown stage, ignored")
+        return EXIT_ALLOW, ""
+
+    from . import audit as audit_log
+
+    record: dict = {"vm": vm, "stage": f"{op}/{subop}"}
+
+    def audit(event: str, **fields) -> None:
+        try:
+            audit_log.append(paths.audit_log, event, vm=vm, stage=f"{op}/{subop}", **fields)
+        except OSError as exc:
+            # Losing the audit trail is itself an error in a blocking stage.
+            if stage.can_block:
+                raise _Block(f"cannot write audit log {paths.audit_log}: {exc.strerror or exc}") from None
+            log(f"{vm} {op}/{subop}: cannot write audit log: {exc}")
+
+    try:
+        code, message = _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record)
+    except _Block as exc:
+        code, message = EXIT_BLOCK, str(exc)
+        record.update(decision="deny", reason=message)
+    except BaseException as exc:  # noqa: BLE001 - fail closed, but never crash without a line
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        code = EXIT_BLOCK
+        message = f"internal error in {op}/{subop}: {type(exc).__name__}: {exc}"
+        record.update(decision="deny" if stage.can_block else "error", reason=message)
+    if not stage.can_block and code != EXIT_ALLOW:
+        log(f"{vm} {op}/{subop}: {message} (stage cannot block; exit 0)")
+        record.setdefault("decision", "error")
+        code, message = EXIT_ALLOW, ""
+    try:
+        decision = record.pop("decision", "allow")
+        audit_log.append(paths.audit_log, "hook", decision=decision, **record)
+    except OSError as exc:
+        log(f"{vm} {op}/{subop}: cannot write audit log: {exc}")
+        if stage.can_block and code == EXIT_ALLOW:
+            code, message = EXIT_BLOCK, f"cannot write audit log {paths.audit_log}: {exc.strerror or exc}"
+    if code == EXIT_BLOCK:
+        log(f"{vm} {op}/{subop}: BLOCKED: {message}")
+        message = f"qwamos: {message}"
+    return code, message
+
+
+def _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record):
+    from . import domain as dom
+    from .errors import InputError, PolicyError, StageError
+
+    try:
+        data = stdin.read(dom.MAX_BYTES + 1)
+        d = dom.parse_bytes(data, f"{vm} {op}/{subop} stdin")
+    except InputError as exc:
+        raise _Block(str(exc)) from None
+    record["uuid"] = d.uuid
+    if d.name and d.name != vm:
+        raise _Block(f"domain XML names '{d.name}' but libvirt called the hook for '{vm}'")
+    if not d.uuid:
+        raise _Block("domain XML has no <uuid>")
+
+    from .policy import load_policy
+
+    try:
+        policy = load_policy(paths.policy, cache_dir=paths.cache_dir, missing_ok=True)
+    except PolicyError as exc:
+        raise _Block(f"policy error, every start is denied until it is fixed: {exc}") from None
+    record["policy"] = policy.digest[:16]
+
+    profile = None
+    if stage.check:
+        from . import engine
+
+        result = engine.evaluate(d, policy, live=stage.check == "live")
+        profile = result.profile
+        record["profile"] = profile.name
+        errors = result.errors
+        if result.findings:
+            record["findings"] = [f"{f.rule}@{f.line}" for f in result.findings]
+        if errors:
+            line = _summary(errors)
+            if policy.mode == "audit" or not stage.can_block:
+                log(f"{vm} {op}/{subop}: would block ({policy.mode} mode): {line}")
+                record["decision"] = "audit-allow" if policy.mode == "audit" else "noncompliant"
+            else:
+                raise _Block(f"VM '{vm}' refused by policy (profile {profile.name}): {line}")
+    else:
+        md = d.metadata
+        profile = policy.select(d.name, d.uuid, md.profile if md else None).profile
+        record["profile"] = profile.name
+
+    if stage.actions:
+        from .stage import StageContext
+
+        ctx = StageContext(vm, op, subop, d, profile, policy, paths, stage.can_block, audit, log)
+        for name in stage.actions:
+            try:
+                _resolve(name)(ctx)
+            except StageError as exc:
+                raise _Block(f"VM '{vm}' {name} failed: {exc}") from None
+    return EXIT_ALLOW, ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    code, message = run(argv, sys.stdin.buffer)
+    if message:
+        # libvirt appends the hook's stderr to its error: one line is the UI.
+        sys.stderr.write(message.replace("\n", " ") + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""Put an unsealed key where the VM's launch can use it, and take it away again.
+
+Modes:
+  file     a file under the runtime dir (default $QWAMOS_STATE_DIR/keys/<uuid>/<name>),
+           mode 0400, owned by the configured user (e.g. the QEMU user). The
+           directory must be on tmpfs/ramfs: delivery refuses anything else,
+           because a delivered key must never reach persistent storage.
+  keyring  a "user" key named qwamos:<uuid>:<name> in root's user keyring,
+           owned by the configured user with read permission for it only
+           (QEMU reads it with -object secret_keyring,serial=N).
+  luks     `cryptsetup open` of the VM's LUKS volume with the key, as
+           /dev/mapper/qwamos-<uuid>-<name>. Needs device-mapper in the kernel.
+
+Each delivery leaves a record (no key bytes: a path, a serial or a mapper name)
+under $QWAMOS_STATE_DIR/keys/<uuid>/.records/ so the wipe at stop can undo it
+even if the hook that delivered it died. Wiping is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from . import store
+
+MODES = ("file", "keyring", "luks")
+SAFE_FS = {"tmpfs", "ramfs"}
+
+
+class DeliveryError(Exception):
+    pass
+
+
+# -- records -------------------------------------------------------------------
+
+
+def _records_dir(state_dir: str, uuid: str) -> str:
+    return os.path.join(state_dir, "keys", uuid.lower(), ".records")
+
+
+def _record_path(state_dir: str, uuid: str, name: str) -> str:
+    return os.path.join(_records_dir(state_dir, uuid), store.check_name(name) + ".json")
+
+
+def _write_record(state_dir: str, uuid: str, name: str, rec: dict) -> None:
+    store.makedirs(_records_dir(state_dir, uuid))
+    store.write_atomic(_record_path(state_dir, uuid, name), json.dumps(rec).encode())
+
+
+def records(state_dir: str, uuid: str) -> dict[str, dict]:
+    d = _records_dir(state_dir, uuid)
+    out = {}
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return out
+    for fn in names:
+        if fn.endswith(".json"):
+            try:
+                with open(os.path.join(d, fn)) as fh:
+                    out[fn[:-5]] = json.load(fh)
+            except (OSError, ValueError):
+                out[fn[:-5]] = {}
+    return out
+
+
+# -- owner ---------------------------------------------------------------------
+
+
+def resolve_owner(owner: str | None, group: str | None = None) -> tuple[int, int]:
+    """'root', 'libvirt-qemu', '64055' -> (uid, gid); group defaults to the user's."""
+    import grp
+    import pwd
+
+    if not owner:
+        return 0, 0
+    try:
+        pw = pwd.getpwuid(int(owner)) if owner.isdigit() else pwd.getpwnam(owner)
+    except KeyError:
+        raise DeliveryError(f"delivery owner {owner!r}: no such user") from None
+    gid = pw.pw_gid
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise DeliveryError(f"delivery group {group!r}: no such group") from None
+    return pw.pw_uid, gid
+
+
+# -- file ----------------------------------------------------------------------
+
+
+def fs_type(path: str) -> str:
+    """Filesystem type of the mount holding `path` (longest mount-point prefix)."""
+    real = os.path.realpath(path)
+    best, kind = "", "unknown"
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            mnt = left.split()[4].replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, kind = mnt, right.split()[0]
+    return kind
+
+
+def _deliver_file(runtime_dir: str, uuid: str, name: str, key: bytes, uid: int, gid: int) -> dict:
+    d = os.path.join(runtime_dir, uuid.lower())
+    store.makedirs(d)
+    kind = fs_type(d)
+    if kind not in SAFE_FS:
+        raise DeliveryError(
+            f"file delivery refused: {d} is on {kind}, not tmpfs (a key must never reach persistent storage)"
+        )
+    os.chown(d, 0, gid)
+    os.chmod(d, 0o710)  # the owner's group may traverse to its key, nobody may list
+    path = os.path.join(d, name)
+    tmp = path + ".tmp"
+    store.remove(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, key)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o400)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return {"mode": "file", "path": path}
+
+
+def _shred_file(path: str) -> bool:
+    """Overwrite then unlink: on tmpfs the pages are freed with the key zeroed."""
+    try:
+        size = os.lstat(path).st_size
+    except FileNotFoundError:
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.write(fd, b"\0" * size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    store.remove(path)
+    return True
+
+
+# -- keyring (libkeyutils through ctypes) ----------------------------------------
+
+KEY_SPEC_USER_KEYRING = -4
+KEY_POS_ALL = 0x3F000000
+KEY_USR_VIEW, KEY_USR_READ = 0x00010000, 0x00020000
+_LIB = None
+
+
+def _keyutils():
+    global _LIB
+    if _LIB is None:
+        import ctypes
+
+        lib = ctypes.CDLL("libkeyutils.so.1", use_errno=True)
+        i32, c = ctypes.c_int32, ctypes
+        lib.add_key.argtypes = [c.c_char_p, c.c_char_p, c.c_void_p, c.c_size_t, i32]
+        lib.add_key.restype = i32
+        lib.keyctl_search.argtypes = [i32, c.c_char_p, c.c_char_p, i32]
+        lib.keyctl_search.restype = c.c_long
+        lib.keyctl_invalidate.argtypes = [i32]
+        lib.keyctl_invalidate.restype = c.c_long
+        lib.keyctl_chown.argtypes = [i32, c.c_uint, c.c_uint]
+        lib.keyctl_chown.restype = c.c_long
+        lib.keyctl_setperm.argtypes = [i32, c.c_uint32]
+        lib.keyctl_setperm.restype = c.c_long
+        lib.keyctl_read.argtypes = [i32, c.c_char_p, c.c_size_t]
+        lib.keyctl_read.restype = c.c_long
+        _LIB = lib
+    return _LIB
+
+
+def _kerr(what: str) -> DeliveryError:
+    import ctypes
+
+    e = ctypes.get_errno()
+    return DeliveryError(f"kernel keyring: {what}: {os.strerror(e)}")
+
+
+def keyring_description(uuid: str, name: str) -> str:
+    return f"qwamos:{uuid.lower()}:{name}"
+
+
+def keyring_search(uuid: str, name: str) -> int | None:
+    lib = _keyutils()
+    serial = lib.keyctl_search(KEY_SPEC_USER_KEYRING, b"user", keyring_description(uuid, name).encode(), 0)
+    return int(serial) if serial > 0 else None
+
+
+def keyring_read(serial: int) -> bytes:
+    import ctypes
+
+    lib = _keyutils()
+    buf = ctypes.create_string_buffer(4096)
+    n = lib.keyctl_read(serial, buf, len(buf))
+    if n < 0:
+        raise _kerr("read")
+    return buf.raw[:n]
+
+
+def _deliver_keyring(uuid: str, name: str, key: bytes, uid: int, gid: int) -> dict:
+    lib = _keyutils()
+    desc = keyring_description(uuid, name).encode()
+    serial = lib.add_key(b"user", desc, key, len(key), KEY_SPEC_USER_KEYRING)
+    if serial < 0:
+        raise _kerr("add_key")
+    if uid or gid:
+        if lib.keyctl_chown(serial, uid, gid) < 0:
+            lib.keyctl_invalidate(serial)
+            raise _kerr("chown")
+    if lib.keyctl_setperm(serial, KEY_POS_ALL | KEY_USR_VIEW | KEY_USR_READ) < 0:
+        lib.keyctl_invalidate(serial)
+        raise _kerr("setperm")
+    return {"mode": "keyring", "serial": int(serial), "description": desc.decode()}
+
+
+def _wipe_keyring(uuid: str, name: str, serial: int | None) -> bool:
+    lib = _keyutils()
+    done = False
+    for s in {serial, keyring_search(uuid, name)} - {None}:
+        if lib.keyctl_invalidate(s) == 0:
+            done = True
+    return done
+
+
+# -- luks (cryptsetup; device-mapper needed for open) ------------------------------
+
+
+def cryptsetup() -> str:
+    path = shutil.which("cryptsetup") or next(
+        (p for p in ("/usr/sbin/cryptsetup", "/sbin/cryptsetup") if os.path.exists(p)), None
+    )
+    if not path:
+        raise DeliveryError("cryptsetup not found (install cryptsetup-bin)")
+    return path
+
+
+def _run_with_keys(args: list[str], keys: list[bytes]) -> subprocess.CompletedProcess:
+    """Run cryptsetup with each key on its own pipe, passed as /dev/fd/N: key
+    bytes never touch a file. Placeholders {0}, {1}... in args name the pipes."""
+    fds, paths = [], []
+    try:
+        for k in keys:
+            r, w = os.pipe()
+            os.write(w, k)  # 32-64 bytes: far below the pipe buffer
+            os.close(w)
+            fds.append(r)
+            paths.append(f"/dev/fd/{r}")
+        argv = [cryptsetup()] + [a.format(*paths) for a in args]
+        return subprocess.run(argv, pass_fds=fds, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    finally:
+        for r in fds:
+            os.close(r)
+
+
+def _cs_error(proc) -> str:
+    lines = [l for l in (proc.stderr or proc.stdout or "").splitlines() if l.strip()]
+    return lines[-1].strip() if lines else f"exit {proc.returncode}"
+
+
+def mapper_name(uuid: str, name: str) -> str:
+    return f"qwamos-{uuid.lower()}-{name}"
+
+
+def luks_open(device: str, uuid: str, name: str, key: bytes) -> dict:
+    mapper = mapper_name(uuid, name)
+    proc = _run_with_keys(["open", "--type", "luks", "--key-file={0}", device, mapper], [key])
+    if proc.returncode != 0:
+        raise DeliveryError(f"cryptsetup open {device} failed: {_cs_error(proc)}")
+    return {"mode": "luks", "mapper": mapper, "device": device}
+
+
+def luks_close(mapper: str) -> bool:
+    if not os.path.exists(os.path.join("/dev/mapper", mapper)):
+        return False
+    proc = _run_with_keys(["close", mapper], [])
+    return proc.returncode == 0
+
+
+def luks_test(device: str, key: bytes) -> int | None:
+    """The keyslot `key` opens, or None. Runs without device-mapper."""
+    import re
+
+    proc = _run_with_keys(["open", "--test-passphrase", "-v", "--key-file={0}", device], [key])
+    if proc.returncode != 0:
+        return None
+    m = re.search(r"Key slot (\d+) unlocked", proc.stdout + proc.stderr)
+    return int(m.group(1)) if m else -1
+
+
+def luks_add_key(device: str, existing: bytes, new: bytes) -> int:
+    """Add `new` in a free keyslot, authorised by `existing`; returns the slot.
+    PBKDF2 with 1000 iterations, as systemd-cryptenroll does for TPM keys: the
+    key is 256 random bits, so a slow KDF would only slow every launch."""
+    proc = _run_with_keys(
+        ["luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+         "--key-file={0}", device, "{1}"],
+        [existing, new],
+    )
+    if proc.returncode != 0:
+        raise DeliveryError(f"cryptsetup luksAddKey {device} failed: {_cs_error(proc)}")
+    slot = luks_test(device, new)
+    if slot is None:
+        raise DeliveryError(f"cryptsetup luksAddKey {device}: the new key does not open the volume")
+    return slot
+
+
+def luks_kill_slot(device: str, slot: int, auth: bytes) -> None:
+    proc = _run_with_keys(["luksKillSlot", "--batch-mode", "--key-file={0}", device, str(slot)], [auth])
+    if proc.returncode != 0:
+        raise DeliveryError(f"cryptsetup luksKillSlot {device} {slot} failed: {_cs_error(proc)}")
+
+
+# -- entry points ------------------------------------------------------------------
+
+
+def deliver(mode: str, *, state_dir: str, runtime_dir: str | None, uuid: str, name: str, key: bytes,
+            owner: str | None = None, group: str | None = None, luks_device: str | None = None) -> dict:
+    """Deliver one key; returns its record (also written to the state dir)."""
+    if mode not in MODES:
+        raise DeliveryError(f"unknown delivery mode {mode!r}")
+    uid, gid = resolve_owner(owner, group)
+    # Record first: if delivery dies half-way, the wipe still knows where to look.
+    _write_record(state_dir, uuid, name, {"mode": mode, "pending": True})
+    if mode == "file":
+        rec = _deliver_file(runtime_dir or os.path.join(state_dir, "keys"), uuid, name, key, uid, gid)
+    elif mode == "keyring":
+        rec = _deliver_keyring(uuid, name, key, uid, gid)
+    else:
+        if not luks_device:
+            raise DeliveryError("luks delivery: no LUKS device recorded for this key")
+        _write_record(state_dir, uuid, name, {"mode": mode, "mapper": mapper_name(uuid, name), "pending": True})
+        rec = luks_open(luks_device, uuid, name, key)
+    _write_record(state_dir, uuid, name, rec)
+    return rec
+
+
+def wipe(state_dir: str, uuid: str, runtime_dir: str | None = None) -> list[str]:
+    """Undo every delivery recorded for the domain. Returns the names actually
+    wiped (empty on a second call). Never raises for a missing target."""
+    wiped = []
+    for name, rec in records(state_dir, uuid).items():
+        mode = rec.get("mode")
+        did = False
+        if mode == "file" or "path" in rec:
+            path = rec.get("path") or os.path.join(runtime_dir or os.path.join(state_dir, "keys"), uuid.lower(), name)
+            did = _shred_file(path) | _shred_file(path + ".tmp")
+        elif mode == "keyring":
+            did = _wipe_keyring(uuid, name, rec.get("serial"))
+        elif mode == "luks":
+            did = luks_close(rec.get("mapper") or mapper_name(uuid, name))
+        store.remove(_record_path(state_dir, uuid, name))
+        if did:
+            wiped.append(name)
+    for d in (_records_dir(state_dir, uuid), os.path.join(runtime_dir or os.path.join(state_dir, "keys"), uuid.lower()),
+              os.path.join(state_dir, "keys", uuid.lower())):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    return sorted(wiped)
