@@ -32,11 +32,11 @@ class Stage:
 # prepare or start, libvirt still runs stopped/end and release/end, so their
 # actions clean up from recorded state and are idempotent.
 STAGES: dict[tuple[str, str], Stage] = {
-    ("prepare", "begin"): Stage(True, "defined"),
+    ("prepare", "begin"): Stage(True, "defined", ("keys.unseal",)),
     ("start", "begin"): Stage(True, "live"),
     ("started", "begin"): Stage(True, None),
-    ("stopped", "end"): Stage(False, None),
-    ("release", "end"): Stage(False, None),
+    ("stopped", "end"): Stage(False, None, ("keys.wipe",)),
+    ("release", "end"): Stage(False, None, ("keys.wipe",)),
     ("migrate", "begin"): Stage(True, "defined"),
     ("restore", "begin"): Stage(True, "defined"),
     ("reconnect", "begin"): Stage(False, "live"),
@@ -45,7 +45,10 @@ STAGES: dict[tuple[str, str], Stage] = {
 
 # action name -> "module:function"; each is def fn(ctx: StageContext) -> None,
 # raising errors.StageError to block.
-ACTIONS: dict[str, str] = {}
+ACTIONS: dict[str, str] = {
+    "keys.unseal": "qwamos_hooks.keys.stage:unseal",
+    "keys.wipe": "qwamos_hooks.keys.stage:wipe",
+}
 
 
 class _Block(Exception):
@@ -125,8 +128,9 @@ def run(argv: list[str], stdin, env=os.environ) -> tuple[int, str]:
         log(f"{vm} {op}/{subop}: {message} (stage cannot block; exit 0)")
         record.setdefault("decision", "error")
         code, message = EXIT_ALLOW, ""
+    decision = record.pop("decision", "allow")
+    log(f"{vm} {op}/{subop}: {decision} (profile {record.get('profile', '-')}, policy {record.get('policy', '-')})")
     try:
-        decision = record.pop("decision", "allow")
         audit_log.append(paths.audit_log, "hook", decision=decision, **record)
     except OSError as exc:
         log(f"{vm} {op}/{subop}: cannot write audit log: {exc}")

@@ -264,8 +264,9 @@ def _run_with_keys(args: list[str], keys: list[bytes]) -> subprocess.CompletedPr
 
 
 def _cs_error(proc) -> str:
+    # The first line is the cause ("Cannot initialize device-mapper..."); later ones are consequences.
     lines = [l for l in (proc.stderr or proc.stdout or "").splitlines() if l.strip()]
-    return lines[-1].strip() if lines else f"exit {proc.returncode}"
+    return lines[0].strip() if lines else f"exit {proc.returncode}"
 
 
 def mapper_name(uuid: str, name: str) -> str:

@@ -73,8 +73,18 @@ def list_all(lib_dir: str) -> list[tuple[str, str]]:
 
 
 def makedirs(path: str) -> None:
-    """mkdir -p with 0700 on every level we create, and 0700 enforced on the leaf."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    """mkdir -p with 0700 on every level it creates (os.makedirs applies the
+    mode to the leaf only), and 0700 enforced on the leaf."""
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
     os.chmod(path, 0o700)
 
 

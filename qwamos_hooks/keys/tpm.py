@@ -22,6 +22,10 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+# libtss2 logs TPM warnings to stderr, which the hook reserves for its one-line
+# reason: silence it unless the operator asked for logs.
+os.environ.setdefault("TSS2_LOG", "all+NONE")
+
 from tpm2_pytss import (
     ESAPI,
     ESYS_TR,

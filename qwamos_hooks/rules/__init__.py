@@ -40,6 +40,11 @@ class Finding:
     line: int
     device: str | None
     source: str
+    waiver: object | None = None  # engine.Waiver that applies; a waived finding never fails
+
+    @property
+    def waived(self) -> bool:
+        return self.waiver is not None
 
     def as_dict(self) -> dict:
         return {
@@ -50,6 +55,8 @@ class Finding:
             "file": self.source,
             "line": self.line,
             "device": self.device,
+            "waived": self.waived,
+            "waiver": self.waiver.as_dict() if self.waiver is not None else None,
         }
 
 

@@ -1,0 +1,119 @@
+#!/bin/bash
+# Install qwamos-hooks on a Debian 12 host (run as root). Idempotent.
+#
+#   ./install.sh              install or upgrade
+#   ./install.sh --uninstall  remove what install.sh put in place
+#
+# What it does:
+#   - system packages (libvirt, QEMU, nftables and the Python bindings, TPM stack)
+#   - a venv at $QWAMOS_PREFIX/venv (default /opt/qwamos) made from /usr/bin/python3
+#     with system site packages, so Debian's libvirt and nftables bindings are seen
+#   - the package itself into that venv
+#   - /etc/qwamos/policy.yaml, only if absent (never overwritten)
+#   - the hook as /etc/libvirt/hooks/qemu.d/50-qwamos (never touches hooks/qemu)
+#   - our nftables tables, then SIGHUP to a running libvirtd so it sees the hook
+#
+# Environment: QWAMOS_SKIP_APT=1 skips the package step (already installed),
+# QWAMOS_PREFIX moves the venv, QWAMOS_HOOK_NAME renames the hook file,
+# QWAMOS_EDITABLE=1 installs the checkout in place.
+set -euo pipefail
+
+src=$(cd "$(dirname "$0")" && pwd)
+prefix=${QWAMOS_PREFIX:-/opt/qwamos}
+venv=$prefix/venv
+hookdir=/etc/libvirt/hooks/qemu.d
+hook=$hookdir/${QWAMOS_HOOK_NAME:-50-qwamos}
+etc=/etc/qwamos
+marker="# qwamos-hooks hook: installed by install.sh"
+
+say() { echo "install.sh: $*"; }
+die() { echo "install.sh: error: $*" >&2; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "run as root"
+
+hup_libvirtd() {
+  # libvirtd reads hooks/qemu.d/ only at start or on SIGHUP.
+  local pid
+  for pid in $(pgrep -x libvirtd || true); do
+    kill -HUP "$pid" && say "sent SIGHUP to libvirtd (pid $pid)"
+  done
+}
+
+if [ "${1:-}" = "--uninstall" ]; then
+  if [ -f "$hook" ] && grep -qF "$marker" "$hook"; then
+    rm -f "$hook" && say "removed $hook"
+  fi
+  if [ -x "$venv/bin/qwamos-policy" ]; then
+    "$venv/bin/qwamos-policy" fw uninstall 2>/dev/null && say "removed nftables tables" || true
+  fi
+  if [ -f "$etc/policy.yaml" ] && cmp -s "$etc/policy.yaml" "$src/qwamos_hooks/data/default.yaml"; then
+    rm -f "$etc/policy.yaml" && say "removed unmodified $etc/policy.yaml"
+  elif [ -f "$etc/policy.yaml" ]; then
+    say "kept $etc/policy.yaml (edited by you)"
+  fi
+  rmdir "$etc" 2>/dev/null || true
+  rm -f /usr/local/bin/qwamos-policy /usr/local/sbin/qwamos-hook
+  rm -rf "$venv" && say "removed $venv"
+  rmdir "$prefix" 2>/dev/null || true
+  say "kept the audit log and sealed keys in /var/lib/qwamos (remove by hand if wanted)"
+  hup_libvirtd
+  exit 0
+fi
+[ -z "${1:-}" ] || die "unknown argument '$1' (use --uninstall or nothing)"
+
+. "$src/scripts/host-deps.sh"
+if [ "${QWAMOS_SKIP_APT:-0}" != 1 ]; then
+  missing=$(for p in $QWAMOS_RUNTIME_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || echo "$p"; done)
+  if [ -n "$missing" ]; then
+    say "installing packages: $(echo $missing)"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+  fi
+fi
+
+[ -x /usr/bin/python3 ] || die "/usr/bin/python3 is missing"
+if [ ! -x "$venv/bin/python3" ]; then
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+  say "created $venv"
+fi
+# QWAMOS_EDITABLE=1 installs the checkout in place (for working on the code).
+editable=(); [ "${QWAMOS_EDITABLE:-0}" = 1 ] && editable=(-e)
+"$venv/bin/python3" -m pip install -q --disable-pip-version-check --no-warn-script-location "${editable[@]}" "$src[tpm,crypto,net]" 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+"$venv/bin/python3" -c "import qwamos_hooks.hook, nftables, libvirt" \
+  || die "the venv cannot import qwamos_hooks, nftables or libvirt"
+say "installed qwamos-hooks $("$venv/bin/python3" -c 'import qwamos_hooks; print(qwamos_hooks.__version__)') into $venv"
+ln -sf "$venv/bin/qwamos-policy" /usr/local/bin/qwamos-policy
+
+install -d -m 0755 "$etc"
+if [ ! -e "$etc/policy.yaml" ]; then
+  install -m 0644 "$src/qwamos_hooks/data/default.yaml" "$etc/policy.yaml"
+  say "wrote $etc/policy.yaml (the built-in default policy)"
+else
+  say "kept existing $etc/policy.yaml"
+  "$venv/bin/qwamos-policy" policy validate "$etc/policy.yaml" >/dev/null \
+    || say "WARNING: $etc/policy.yaml is invalid: every VM start will be refused until it is fixed"
+fi
+install -d -m 0700 /var/lib/qwamos
+
+install -d -m 0755 "$hookdir"
+if [ -e /etc/libvirt/hooks/qemu ]; then
+  say "leaving the existing /etc/libvirt/hooks/qemu alone (libvirt runs it before qemu.d/)"
+fi
+tmp=$(mktemp "$hookdir/.qwamos.XXXXXX")
+# -I: no user site, no PYTHON* variables, no script folder on sys.path.
+cat >"$tmp" <<EOF
+#!$venv/bin/python3 -I
+$marker; policy in $etc/policy.yaml
+from qwamos_hooks.hook import main
+raise SystemExit(main())
+EOF
+chmod 0755 "$tmp"
+mv -f "$tmp" "$hook"
+say "installed hook $hook"
+
+if "$venv/bin/qwamos-policy" fw --help >/dev/null 2>&1; then
+  "$venv/bin/qwamos-policy" fw init && say "nftables tables in place"
+fi
+hup_libvirtd
+say "done"

@@ -1,0 +1,206 @@
+"""Hook actions of the firewall (named in hook.ACTIONS).
+
+prepare/begin  guard     custom tap names from the XML go on the kill-switch list
+start/begin    apply     render + one transaction; state recorded; failure blocks
+started/begin  verify    each tap's master is the bridge the policy allows (netlink)
+stopped/end,
+release/end    remove    from recorded state only; idempotent; never raises
+reconnect/begin reapply  apply again from the live XML; never raises
+
+Only this module's own imports are paid at every event: nftables is imported by
+apply.py on first use, pyroute2 only inside verify().
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import StageError
+from . import render, state
+
+# Interface types whose frames never cross the host's bridge or IP hooks.
+_UNFILTERED_TYPES = {"user", "direct", "hostdev", "vhostuser", "vdpa", "vds", "mcast",
+                     "udp", "server", "client", "null"}
+
+
+def _sys_read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _master(tap: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{tap}/master"))
+    except OSError:
+        return None
+
+
+def _bridge_mac(bridge: str | None) -> str | None:
+    if not bridge or not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
+        return None
+    return _sys_read(f"/sys/class/net/{bridge}/address")
+
+
+def interface_facts(domain, profile: str) -> list[dict]:
+    """The taps of a started domain with the facts the renderer needs.
+
+    Raises StageError where the profile cannot be enforced on an interface."""
+    out = []
+    for i in domain.interfaces:
+        if i.type in _UNFILTERED_TYPES:
+            if profile != "nat":
+                raise StageError(
+                    f"{i.label}: type '{i.type}' bypasses the host firewall, "
+                    f"profile '{profile}' cannot be enforced on it")
+            continue
+        tap = i.target_dev
+        if not tap:
+            raise StageError(f"{i.label}: no tap name in the domain XML, cannot apply firewall")
+        if not i.mac:
+            raise StageError(f"{i.label}: no MAC address in the domain XML, cannot apply anti-spoofing")
+        bridge = _master(tap) or i.source_bridge or i.resolved_bridge
+        bmac = _bridge_mac(bridge)
+        if profile == "tor" and bridge and not bmac and os.path.exists(f"/sys/class/net/{tap}/master"):
+            raise StageError(f"{i.label}: cannot read the MAC of bridge {bridge} for the tor profile")
+        out.append({"tap": tap, "mac": i.mac, "bridge": bridge if bmac else None,
+                    "bridge_mac": bmac, "ips": list(i.ips)})
+    return out
+
+
+def build_state(ctx) -> tuple[dict, dict]:
+    section = ctx.profile.section("firewall")
+    glob = render.global_config(ctx.policy.section("firewall"))
+    prof = render.profile_name(section)
+    try:
+        st = render.vm_state(ctx.uuid, ctx.vm, section, interface_facts(ctx.domain, prof))
+    except ValueError as exc:
+        raise StageError(f"firewall: {exc}") from None
+    st["policy_profile"] = getattr(ctx.profile, "name", None)
+    return st, glob
+
+
+def _install(ctx, st: dict, glob: dict) -> None:
+    from . import apply as nft
+
+    old = state.load(ctx.paths.state_dir, ctx.uuid)
+    stale = sorted({i["tap"] for i in (old or {}).get("interfaces", ())} - {i["tap"] for i in st["interfaces"]})
+    stale = [t for t in stale if state.tap_owner(ctx.paths.state_dir, t) in (None, ctx.uuid)]
+    # Record before committing: if we die after the commit, teardown still
+    # knows what to remove; if we die before it, removal is a no-op.
+    rec = dict(st, stale=stale)
+    state.save(ctx.paths.state_dir, rec)
+    for i in st["interfaces"]:
+        state.claim_tap(ctx.paths.state_dir, i["tap"], ctx.uuid)
+    nft.run(render.base_commands(glob) + render.remove_commands(stale) + render.vm_commands(st, glob))
+    for t in stale:
+        state.release_tap(ctx.paths.state_dir, t, ctx.uuid)
+    state.save(ctx.paths.state_dir, st)
+
+
+def apply(ctx) -> None:
+    """start/begin: fail closed; the kill switch keeps dropping if anything fails."""
+    from .apply import NftError
+
+    st, glob = build_state(ctx)
+    try:
+        _install(ctx, st, glob)
+    except NftError as exc:
+        raise StageError(f"firewall rules could not be applied, traffic stays dropped: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise StageError(f"firewall state could not be recorded, traffic stays dropped: {exc}") from None
+    ctx.audit("firewall.apply", profile=st["profile"], taps=[i["tap"] for i in st["interfaces"]])
+
+
+def guard(ctx) -> None:
+    """prepare/begin: a tap named in the XML (not vnet*/macvtap*) is dropped from birth."""
+    names = sorted({i.target_dev for i in ctx.domain.interfaces
+                    if i.target_dev and not i.target_dev.startswith(("vnet", "macvtap"))
+                    and i.type not in _UNFILTERED_TYPES})
+    if not names:
+        return
+    from . import apply as nft
+
+    glob = render.global_config(ctx.policy.section("firewall"))
+    try:
+        nft.run(render.base_commands(glob) + render.guard_commands(names))
+    except nft.NftError as exc:
+        raise StageError(f"firewall kill switch for {', '.join(names)} could not be set: {exc}") from None
+
+
+def verify(ctx) -> None:
+    """started/begin: every tap sits on the bridge recorded at start, and that
+    bridge is one the profile allows."""
+    st = state.load(ctx.paths.state_dir, ctx.uuid)
+    if st is None:
+        if any(i.type not in _UNFILTERED_TYPES for i in ctx.domain.interfaces):
+            raise StageError("no firewall state recorded at start; refusing to run unfiltered")
+        return
+    if not st["interfaces"]:
+        return
+    allowed = ctx.profile.section("firewall").get("bridges")
+    if allowed is None:
+        allowed = ctx.profile.get("interfaces", "allowed_bridges") if hasattr(ctx.profile, "get") else None
+    from pyroute2 import IPRoute  # netlink; only this stage needs it
+
+    with IPRoute() as ipr:
+        for i in st["interfaces"]:
+            tap = i["tap"]
+            links = ipr.get_links(ifname=tap) if ipr.link_lookup(ifname=tap) else []
+            if not links:
+                raise StageError(f"tap {tap} has vanished")
+            master_idx = links[0].get_attr("IFLA_MASTER")
+            master = kind = None
+            if master_idx:
+                m = ipr.get_links(master_idx)[0]
+                master = m.get_attr("IFLA_IFNAME")
+                info = m.get_attr("IFLA_LINKINFO")
+                kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            if master != i["bridge"]:
+                raise StageError(f"tap {tap} is on {master or 'no bridge'}, firewall was applied for "
+                                 f"{i['bridge'] or 'no bridge'}")
+            if master is not None and kind != "bridge":
+                raise StageError(f"tap {tap} is enslaved to {master} ({kind}), not a bridge")
+            if master is not None and allowed is not None and master not in allowed:
+                raise StageError(f"tap {tap} is on bridge {master}, not allowed by profile "
+                                 f"(allowed: {', '.join(allowed) or 'none'})")
+
+
+def remove(ctx) -> None:
+    """stopped/end, release/end: undo exactly what the record says; never raises."""
+    try:
+        remove_uuid(ctx.paths.state_dir, ctx.uuid, ctx.policy.section("firewall") if ctx.policy else {})
+    except Exception as exc:  # noqa: BLE001 - a stage that cannot block must not fail
+        ctx.log(f"{ctx.vm}: firewall removal failed, will be retried by 'fw reconcile': {exc}")
+        return
+    ctx.audit("firewall.remove")
+
+
+def remove_uuid(state_dir: str, uuid: str, global_section: dict | None = None) -> list[str]:
+    st = state.load(state_dir, uuid)
+    if st is None:
+        return []
+    taps = {i["tap"] for i in st.get("interfaces", ())} | set(st.get("stale", ()))
+    mine = sorted(t for t in taps if state.tap_owner(state_dir, t) in (None, uuid))
+    if mine:
+        from . import apply as nft
+
+        nft.run(render.base_commands(render.global_config(global_section))
+                + render.remove_commands(mine))
+    for t in mine:
+        state.release_tap(state_dir, t, uuid)
+    state.delete(state_dir, uuid)
+    return mine
+
+
+def reapply(ctx) -> None:
+    """reconnect/begin: a failure here would kill a running VM, so log and carry on."""
+    try:
+        st, glob = build_state(ctx)
+        _install(ctx, st, glob)
+    except Exception as exc:  # noqa: BLE001
+        ctx.log(f"{ctx.vm}: firewall re-apply at reconnect failed (kill switch still drops): {exc}")
+        return
+    ctx.audit("firewall.reapply", profile=st["profile"])
