@@ -77,8 +77,8 @@ if [ ! -x "$venv/bin/python3" ]; then
   say "created $venv"
 fi
 # QWAMOS_EDITABLE=1 installs the checkout in place (for working on the code).
-editable=(); [ "${QWAMOS_EDITABLE:-0}" = 1 ] && editable=(-e)
-"$venv/bin/python3" -m pip install -q --disable-pip-version-check --no-warn-script-location "${editable[@]}" "$src[tpm,crypto,net]" 2>&1 \
+editable=; [ "${QWAMOS_EDITABLE:-0}" = 1 ] && editable=-e
+"$venv/bin/python3" -m pip install -q --disable-pip-version-check --no-warn-script-location $editable "$src[tpm,crypto,net]" 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
 "$venv/bin/python3" -c "import qwamos_hooks.hook, nftables, libvirt" \
   || die "the venv cannot import qwamos_hooks, nftables or libvirt"
@@ -100,11 +100,21 @@ install -d -m 0755 "$hookdir"
 if [ -e /etc/libvirt/hooks/qemu ]; then
   say "leaving the existing /etc/libvirt/hooks/qemu alone (libvirt runs it before qemu.d/)"
 fi
+# The hook is a new process at every VM event. -I: no user site, no PYTHON*
+# variables, no script folder on sys.path. -S: no site processing (it doubles
+# interpreter start-up), so the import path the venv would build is written in.
+syspath=$("$venv/bin/python3" -c '
+import sys
+paths = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+if len(sys.argv) > 1:
+    paths.insert(0, sys.argv[1])
+print(repr(paths))' ${editable:+"$src"})
 tmp=$(mktemp "$hookdir/.qwamos.XXXXXX")
-# -I: no user site, no PYTHON* variables, no script folder on sys.path.
 cat >"$tmp" <<EOF
-#!$venv/bin/python3 -I
+#!$venv/bin/python3 -IS
 $marker; policy in $etc/policy.yaml
+import sys
+sys.path += $syspath
 from qwamos_hooks.hook import main
 raise SystemExit(main())
 EOF

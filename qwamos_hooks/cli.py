@@ -14,26 +14,14 @@ import importlib
 import os
 import sys
 
-from .errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, InputError, NotADomain, PolicyError
+from .errors import EXIT_INPUT, EXIT_OK, EXIT_VIOLATION, InputError, PolicyError
+from .report import FORMATS
 
 # Command groups that live with their subsystem: (module, help).
 GROUPS = {
     "fw": ("qwamos_hooks.firewall.cli", "per-VM nftables firewall"),
     "keys": ("qwamos_hooks.keys.cli", "TPM-sealed per-VM keys"),
 }
-
-
-def _iter_inputs(paths):
-    """Yield (path, explicit) for each file to check; folders are walked for *.xml."""
-    for p in paths:
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for f in sorted(files):
-                    if f.endswith(".xml"):
-                        yield os.path.join(root, f), False
-        else:
-            yield p, True
 
 
 def _load_policy(args):
@@ -43,49 +31,100 @@ def _load_policy(args):
     return load_policy(path) if path else load_policy(None)
 
 
-def cmd_check(args) -> int:
-    from . import domain, engine, report
+def _parse_outputs(values):
+    """--output FMT=PATH (repeatable) plus at most one bare --output PATH, which
+    takes the --format report instead of stdout. Returns ([(fmt, path)], path|None)."""
 
+    extra, main_path = [], None
+    for v in values or []:
+        fmt, sep, path = v.partition("=")
+        if sep and fmt in FORMATS:
+            if not path:
+                raise ValueError(f"--output {v}: missing path after '='")
+            extra.append((fmt, path))
+        elif main_path is None:
+            main_path = v
+        else:
+            raise ValueError(f"--output {v}: only one plain PATH is allowed; use FMT=PATH for more reports "
+                             f"(formats: {', '.join(FORMATS)})")
+    return extra, main_path
+
+
+def _write_report(fmt, path, checked, opts) -> None:
+    from . import report
+
+    if path in (None, "-"):
+        report.write(fmt, checked, sys.stdout, **opts)
+        sys.stdout.flush()
+        return
+    with open(path, "w", encoding="utf-8") as fh:
+        report.write(fmt, checked, fh, **opts)
+
+
+def cmd_check(args) -> int:
+    from . import engine, report
+
+    try:
+        extra, main_path = _parse_outputs(args.output)
+    except ValueError as exc:
+        print(f"qwamos-policy: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.connect:
+        if args.all and args.paths:
+            print("qwamos-policy: give --all or domain names, not both", file=sys.stderr)
+            return EXIT_INPUT
+    else:
+        if args.all:
+            print("qwamos-policy: --all needs --connect URI", file=sys.stderr)
+            return EXIT_INPUT
+        if not args.paths:
+            print("qwamos-policy: check needs PATH... (or --connect URI)", file=sys.stderr)
+            return EXIT_INPUT
     try:
         policy = _load_policy(args)
     except PolicyError as exc:
         print(f"qwamos-policy: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    checked = []
-    skipped = 0
-    for path in args.paths:
-        if not os.path.exists(path):
-            checked.append(report.Checked(path, None, f"{path}: no such file or directory"))
-    for path, explicit in _iter_inputs([p for p in args.paths if os.path.exists(p)]):
+    today = engine.today_utc()
+    if args.connect:
+        from .hostaudit import check_host
+
         try:
-            d = domain.parse_file(path)
-        except NotADomain as exc:
-            if explicit:
-                checked.append(report.Checked(path, None, str(exc)))
-            else:
-                skipped += 1
-            continue
+            checked = check_host(args.connect, args.paths, policy, today=today)
         except InputError as exc:
-            checked.append(report.Checked(path, None, str(exc)))
-            continue
-        checked.append(report.Checked(path, engine.evaluate(d, policy, live=args.live)))
-    if not checked:
-        print(f"qwamos-policy: no domain XML found in {', '.join(args.paths)}"
-              f"{f' ({skipped} other XML file(s) skipped)' if skipped else ''}", file=sys.stderr)
-        return EXIT_INPUT
-    out = sys.stdout
-    if args.output:
-        out = open(args.output, "w", encoding="utf-8")
+            print(f"qwamos-policy: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        if not checked:
+            print(f"qwamos-policy: {args.connect}: no domains defined, nothing was checked", file=sys.stderr)
+            return EXIT_INPUT
+    else:
+        from . import scan
+
+        checked = [report.Checked(p, None, f"{p}: no such file or directory")
+                   for p in args.paths if not os.path.exists(p)]
+        items = list(scan.iter_inputs([p for p in args.paths if os.path.exists(p)]))
+        progress = scan.Progress(len(items), enabled=False if args.no_progress else None)
+        found, skipped = scan.check_files(items, policy, live=args.live, today=today,
+                                          jobs=args.jobs, progress=progress)
+        checked += found
+        if not checked:
+            print(f"qwamos-policy: no domain XML found in {', '.join(args.paths)}"
+                  f"{f' ({skipped} other XML file(s) skipped)' if skipped else ''}", file=sys.stderr)
+            return EXIT_INPUT
+    opts = {"verbose": args.verbose, "policy": policy, "fail_on": args.fail_on}
     try:
-        report.write(args.format, checked, out, verbose=args.verbose)
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    c = report.counts(checked)
+        for fmt, path in extra:
+            _write_report(fmt, path, checked, opts)
+        _write_report(args.format, main_path, checked, opts)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        print(f"qwamos-policy: cannot write report {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
+    c = report.counts(checked, args.fail_on)
     if c["input_errors"]:
         return EXIT_INPUT
-    failing = c["error"] + (c["warning"] if args.fail_on == "warning" else 0)
-    return EXIT_VIOLATION if failing else EXIT_OK
+    return EXIT_VIOLATION if c["files_failing"] else EXIT_OK
 
 
 def cmd_rules(args) -> int:
@@ -153,12 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--policy", help="policy file (default: $QWAMOS_POLICY, else the built-in default)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("check", help="check domain XML files or folders")
-    c.add_argument("paths", nargs="+", metavar="PATH")
-    c.add_argument("--format", "-f", default="text", choices=("text", "json"))
-    c.add_argument("--output", "-o", help="write the report to a file")
-    c.add_argument("--fail-on", choices=("error", "warning"), default="error")
+    c = sub.add_parser(
+        "check", help="check domain XML files or folders, or a libvirt host's domains",
+        description="Check domain XML against the policy. Exit 0 compliant, 1 violations "
+                    "(at or above --fail-on, not waived), 2 input/usage error or nothing checked.")
+    c.add_argument("paths", nargs="*", metavar="PATH",
+                   help="files or folders (walked for *.xml); with --connect: domain names")
+    c.add_argument("--format", "-f", default="text", choices=FORMATS,
+                   help="report format on stdout (default: text)")
+    c.add_argument("--output", "-o", action="append", metavar="[FMT=]PATH",
+                   help="FMT=PATH writes one more report (repeatable), e.g. sarif=out.sarif; "
+                        "a plain PATH takes the --format report instead of stdout")
+    c.add_argument("--fail-on", choices=("error", "warning"), default="error",
+                   help="lowest severity that fails the run (default: error)")
     c.add_argument("--live", action="store_true", help="treat the XML as a running domain's (check resolved bridges)")
+    c.add_argument("--connect", "-c", metavar="URI",
+                   help="audit the domains of a libvirt host (e.g. qemu:///system), read-only")
+    c.add_argument("--all", action="store_true", help="with --connect: every domain, running and inactive (the default)")
+    c.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+                   help="worker processes (default: one per core for large runs; 1 = serial)")
+    c.add_argument("--no-progress", action="store_true", help="no progress display (it only shows on a terminal, never with CI set)")
     c.add_argument("--verbose", "-v", action="store_true")
     c.set_defaults(func=cmd_check)
 

@@ -70,8 +70,12 @@ class Interface:
     @property
     def label(self) -> str:
         """How a finding names this NIC: alias or tap if known, else its position."""
-        name = self.alias or self.target_dev or f"#{self.index}"
-        return f"interface {name} ({self.type}{', ' + self.mac if self.mac else ''})"
+        name = self.alias or self.target_dev
+        if name:
+            return f"interface {name} ({self.type}{', ' + self.mac if self.mac else ''})"
+        if self.mac:
+            return f"interface {self.mac} ({self.type})"
+        return f"interface #{self.index + 1} ({self.type})"
 
 
 @dataclass(frozen=True)

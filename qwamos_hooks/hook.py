@@ -32,20 +32,25 @@ class Stage:
 # prepare or start, libvirt still runs stopped/end and release/end, so their
 # actions clean up from recorded state and are idempotent.
 STAGES: dict[tuple[str, str], Stage] = {
-    ("prepare", "begin"): Stage(True, "defined", ("keys.unseal",)),
-    ("start", "begin"): Stage(True, "live"),
-    ("started", "begin"): Stage(True, None),
-    ("stopped", "end"): Stage(False, None, ("keys.wipe",)),
-    ("release", "end"): Stage(False, None, ("keys.wipe",)),
+    ("prepare", "begin"): Stage(True, "defined", ("firewall.guard", "keys.unseal")),
+    ("start", "begin"): Stage(True, "live", ("firewall.apply",)),
+    ("started", "begin"): Stage(True, None, ("firewall.verify",)),
+    ("stopped", "end"): Stage(False, None, ("firewall.remove", "keys.wipe")),
+    ("release", "end"): Stage(False, None, ("firewall.remove", "keys.wipe")),
     ("migrate", "begin"): Stage(True, "defined"),
     ("restore", "begin"): Stage(True, "defined"),
-    ("reconnect", "begin"): Stage(False, "live"),
+    ("reconnect", "begin"): Stage(False, "live", ("firewall.reapply",)),
     ("attach", "begin"): Stage(True, "live"),
 }
 
 # action name -> "module:function"; each is def fn(ctx: StageContext) -> None,
 # raising errors.StageError to block.
 ACTIONS: dict[str, str] = {
+    "firewall.guard": "qwamos_hooks.firewall.stage:guard",
+    "firewall.apply": "qwamos_hooks.firewall.stage:apply",
+    "firewall.verify": "qwamos_hooks.firewall.stage:verify",
+    "firewall.remove": "qwamos_hooks.firewall.stage:remove",
+    "firewall.reapply": "qwamos_hooks.firewall.stage:reapply",
     "keys.unseal": "qwamos_hooks.keys.stage:unseal",
     "keys.wipe": "qwamos_hooks.keys.stage:wipe",
 }
@@ -73,9 +78,11 @@ def _log_to(paths):
 
 
 def _summary(findings, limit: int = 3) -> str:
+    """All rule IDs first (they are what an admin searches for), then the first few details."""
+    ids = ", ".join(dict.fromkeys(f.rule for f in findings))
     parts = [f"{f.rule} {f.device + ': ' if f.device else ''}{f.message}" for f in findings[:limit]]
-    more = f" (+{len(findings) - limit} more)" if len(findings) > limit else ""
-    return "; ".join(parts) + more
+    more = f"; +{len(findings) - limit} more (see the hook log)" if len(findings) > limit else ""
+    return f"{ids}: " + "; ".join(parts) + more
 
 
 def _resolve(name: str):

@@ -19,14 +19,8 @@ def nic(type="network", mac="52:54:00:aa:00:01", source=None, model="virtio", dr
     mac_el = f"<mac address='{mac}'/>" if mac else ""
     model_el = f"<model type='{model}'/>" if model else ""
     drv = f"<driver name='{driver}'/>" if driver else ""
-    return f"""
-    <interface type='{type}'>
-      {mac_el}
-      {src}
-      {model_el}
-      {drv}
-      {extra}
-    </interface>"""
+    body = "".join(f"\n      {el}" for el in (mac_el, src, model_el, drv, extra) if el)
+    return f"\n    <interface type='{type}'>{body}\n    </interface>"
 
 
 def domain_xml(name="qwtest-vm", uuid=None, nics=None, devices_extra="", tail="", root_attrs="",
@@ -43,8 +37,7 @@ def domain_xml(name="qwtest-vm", uuid=None, nics=None, devices_extra="", tail=""
     <type arch='{arch}' machine='{machine}'>hvm</type>
     {boot_el}
   </os>
-  <devices>{''.join(nics)}
-    {devices_extra}
+  <devices>{''.join(nics)}{chr(10) + '    ' + devices_extra if devices_extra else ''}
     <video><model type='none'/></video>
     <memballoon model='none'/>
   </devices>{tail}

@@ -27,7 +27,6 @@ DOMAIN_XML = """<domain type='qemu'>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <graphics type='none'/>
   </devices>
 </domain>
 """

@@ -173,3 +173,18 @@ def test_rotation_audit_has_no_key_material(kenv):
     with open(os.path.join(e.lib, "audit.jsonl")) as fh:
         recs = [json.loads(l) for l in fh]
     assert any(r["event"] == "keys.rotate" and r["previous"] == 1 and r["version"] == 2 for r in recs)
+
+
+def test_pin_key_rotation_keeps_the_pin(kenv):
+    e = kenv
+    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--pin", input="8642\n")
+    assert r.returncode == 0, r.stderr
+    r = e.cli("rotate", UUID, "disk")
+    assert r.returncode == 1 and "PIN-protected" in r.stderr
+    r = e.cli("rotate", UUID, "disk", "--pin", input="8642\n")
+    assert r.returncode == 0, r.stderr
+    meta = _meta(e)
+    assert meta["current"] == 2 and meta["versions"]["2"]["pin"] is True
+    e.cli("pin", UUID, "disk", input="8642\n")
+    assert e.hook("prepare", "begin").returncode == 0
+    e.hook("stopped", "end")

@@ -198,3 +198,40 @@ def test_list_and_status_show_due_dates_and_unsealability(kenv, swtpm):
     assert r.returncode == 1 and "WOULD FAIL" in r.stdout and "PCR 16" in r.stdout
     meta = json.load(open(os.path.join(e.lib, "keys", UUID, "disk", "meta.json")))
     assert meta["rotation_days"] == 90
+
+
+def test_rotation_schedule_from_profile_then_global_then_flag(kenv):
+    e = kenv
+    with open(e.policy, "w") as fh:
+        fh.write("version: 1\nprofiles:\n  default:\n    keys:\n      rotation_days: 365\nkeys:\n  rotation_days: 90\n")
+    e.enroll("a", "--pcrs", "16")
+    e.enroll("b", "--pcrs", "16", "--rotation-days", "180")
+    with open(e.policy, "w") as fh:
+        fh.write("version: 1\nprofiles:\n  default: {}\nkeys:\n  rotation_days: 90\n")
+    e.enroll("c", "--pcrs", "16")
+    days = {n: json.load(open(os.path.join(e.lib, "keys", UUID, n, "meta.json")))["rotation_days"] for n in "abc"}
+    assert days == {"a": 365, "b": 180, "c": 90}
+    with open(e.policy, "w") as fh:
+        fh.write("version: 1\nprofiles:\n  default: {}\nkeys:\n  rotation_days: 30\n")
+    r = e.cli("enroll", UUID, "d", "--pcrs", "16")
+    assert r.returncode == 2 and "rotation_days" in r.stderr  # schema: 90, 180 or 365 only
+
+
+def test_pin_key_needs_pin_per_start(kenv):
+    e = kenv
+    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--pin", input="7531\n")
+    assert r.returncode == 0, r.stderr
+    r = e.hook("prepare", "begin")
+    assert r.returncode == 1 and "needs a PIN" in r.stderr
+    r = e.cli("pin", UUID, "disk", input="0000\n")
+    assert r.returncode == 0
+    r = e.hook("prepare", "begin")
+    assert r.returncode == 1 and "wrong PIN" in r.stderr
+    assert deliver.keyring_search(UUID, "disk", "qwamos-pin") is None  # a PIN serves one attempt
+    e.cli("pin", UUID, "disk", input="7531\n")
+    r = e.hook("prepare", "begin")
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(_file(e, "disk"))
+    e.hook("stopped", "end")
+    r = e.hook("prepare", "begin")
+    assert r.returncode == 1 and "needs a PIN" in r.stderr

@@ -95,6 +95,8 @@ def allow_entries(section: dict | None) -> list[dict]:
             (nets4 if n.version == 4 else nets6).append(str(n))
         ports = [str(p) for p in (e.get("ports") or ())]
         proto = e.get("proto") or ("tcp+udp" if ports else "any")
+        if proto == "any" and ports:
+            raise ValueError("allow entry with ports needs proto tcp, udp or tcp+udp")
         out.append({"dest4": sorted(nets4), "dest6": sorted(nets6), "proto": proto, "ports": ports})
     return out
 

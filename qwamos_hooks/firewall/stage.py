@@ -131,40 +131,44 @@ def guard(ctx) -> None:
 
 
 def verify(ctx) -> None:
-    """started/begin: every tap sits on the bridge recorded at start, and that
-    bridge is one the profile allows."""
+    """started/begin: every tap has recorded rules and sits, per netlink, on the
+    bridge the XML names, and that bridge is one the profile allows."""
     st = state.load(ctx.paths.state_dir, ctx.uuid)
-    if st is None:
-        if any(i.type not in _UNFILTERED_TYPES for i in ctx.domain.interfaces):
-            raise StageError("no firewall state recorded at start; refusing to run unfiltered")
+    recorded = {i["tap"] for i in (st or {}).get("interfaces", ())}
+    fw_allowed = ctx.profile.section("firewall").get("bridges")
+    if_allowed = ctx.profile.get("interfaces", "allowed_bridges") if hasattr(ctx.profile, "get") else None
+    checks = []
+    for i in ctx.domain.interfaces:
+        if i.type in _UNFILTERED_TYPES:
+            continue
+        if not i.target_dev or i.target_dev not in recorded:
+            raise StageError(f"{i.label}: no firewall rules were recorded for this tap at start")
+        expected = i.source_bridge or i.resolved_bridge
+        allowed = fw_allowed if fw_allowed is not None else (if_allowed if i.type == "bridge" else None)
+        checks.append((i.target_dev, expected, allowed))
+    if not checks:
         return
-    if not st["interfaces"]:
-        return
-    allowed = ctx.profile.section("firewall").get("bridges")
-    if allowed is None:
-        allowed = ctx.profile.get("interfaces", "allowed_bridges") if hasattr(ctx.profile, "get") else None
     from pyroute2 import IPRoute  # netlink; only this stage needs it
 
     with IPRoute() as ipr:
-        for i in st["interfaces"]:
-            tap = i["tap"]
-            links = ipr.get_links(ifname=tap) if ipr.link_lookup(ifname=tap) else []
-            if not links:
+        for tap, expected, allowed in checks:
+            idx = ipr.link_lookup(ifname=tap)
+            if not idx:
                 raise StageError(f"tap {tap} has vanished")
-            master_idx = links[0].get_attr("IFLA_MASTER")
+            master_idx = ipr.get_links(idx[0])[0].get_attr("IFLA_MASTER")
             master = kind = None
             if master_idx:
                 m = ipr.get_links(master_idx)[0]
                 master = m.get_attr("IFLA_IFNAME")
                 info = m.get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info else None
-            if master != i["bridge"]:
-                raise StageError(f"tap {tap} is on {master or 'no bridge'}, firewall was applied for "
-                                 f"{i['bridge'] or 'no bridge'}")
+            if master != expected:
+                raise StageError(f"tap {tap} is on {master or 'no bridge'}, the domain XML says "
+                                 f"{expected or 'no bridge'}")
             if master is not None and kind != "bridge":
                 raise StageError(f"tap {tap} is enslaved to {master} ({kind}), not a bridge")
             if master is not None and allowed is not None and master not in allowed:
-                raise StageError(f"tap {tap} is on bridge {master}, not allowed by profile "
+                raise StageError(f"tap {tap} is on bridge {master}, not allowed by the policy "
                                  f"(allowed: {', '.join(allowed) or 'none'})")
 
 

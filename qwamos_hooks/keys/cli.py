@@ -39,18 +39,21 @@ def register(sub) -> None:
     p.add_argument("vm", metavar="VM", nargs="?")
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("--due", action="store_true", help="rotate every key whose rotation date has passed")
+    p.add_argument("--pin", action="store_true", help="the key is PIN-protected: prompt for its PIN")
     p.add_argument("--connect", "-c")
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("emergency-rotate", help="rotate now because the key may be exposed")
     vm_args(p)
     p.add_argument("--reason", required=True)
+    p.add_argument("--pin", action="store_true", help="the key is PIN-protected: prompt for its PIN")
     p.set_defaults(func=cmd_emergency)
 
     p = sub.add_parser("reseal", help="re-bind a key to the current PCR values, given its recovery key")
     vm_args(p)
     p.add_argument("--recovery-key", help="the recovery key shown at enrolment (prompted for if omitted)")
     p.add_argument("--pcrs", default=None, help="new PCR list (default: keep)")
+    p.add_argument("--pin", action="store_true", help="the key is PIN-protected: prompt for its PIN")
     p.set_defaults(func=cmd_reseal)
 
     p = sub.add_parser("list", help="list enrolled keys")
@@ -83,7 +86,17 @@ def _env(args):
         policy = load_policy(paths.policy, cache_dir=None, missing_ok=True)
     except PolicyError as exc:
         raise SystemExit(_fail(f"policy: {exc}", EXIT_INPUT))
+    args._policy = policy
     return paths, dict(policy.section("keys"))
+
+
+def _profile_keys(args, uuid: str, vm_name: str | None) -> dict:
+    """keys section of the profile the policy assigns this VM by name/UUID
+    (a profile requested in the domain's own metadata is not visible here)."""
+    try:
+        return args._policy.select(vm_name, uuid, None).profile.section("keys")
+    except Exception:
+        return {}
 
 
 def _fail(msg: str, code: int = EXIT_FAIL) -> int:
@@ -179,10 +192,12 @@ def cmd_enroll(args) -> int:
             from .store import read_bytes
 
             luks_key = read_bytes(args.luks_key_file)
+        prof = _profile_keys(args, uuid, vm_name)
+        rotation_days = args.rotation_days or prof.get("rotation_days")
         rkey = manager.enroll(
             paths.lib_dir, uuid, args.name, global_keys=g, audit=_auditor(paths), vm_name=vm_name,
             pcrs=pcrs, bank=args.pcr_bank, pin=pin, delivery=args.deliver, owner=args.owner, group=args.group,
-            luks_device=args.luks_device, luks_key=luks_key, rotation_days=args.rotation_days, backend=args.backend)
+            luks_device=args.luks_device, luks_key=luks_key, rotation_days=rotation_days, backend=args.backend)
     except _errors() as exc:
         return _fail(str(exc))
     where = "no PCRs (any boot state!)" if not pcrs else f"PCR {','.join(map(str, pcrs))} ({args.pcr_bank})"
@@ -202,16 +217,23 @@ def cmd_rotate(args) -> int:
             if args.vm:
                 return _fail("--due takes no VM", EXIT_INPUT)
             todo = rotate.due(paths.lib_dir)
+            failed = 0
             for uuid, name, when in todo:
-                v = rotate.rotate(paths.lib_dir, uuid, name, global_keys=g, audit=audit, reason=f"due {when}")
+                try:
+                    v = rotate.rotate(paths.lib_dir, uuid, name, global_keys=g, audit=audit, reason=f"due {when}")
+                except _errors() as exc:
+                    failed += 1
+                    print(f"{uuid} {name}: NOT rotated (due {when}): {exc}")
+                    continue
                 print(f"{uuid} {name}: rotated to v{v} (was due {when})")
             if not todo:
                 print("no key is due")
-            return EXIT_OK
+            return EXIT_FAIL if failed else EXIT_OK
         if not args.vm or not args.name:
             return _fail("give VM NAME, or --due", EXIT_INPUT)
         uuid, _ = resolve_vm(args.vm, args.connect)
-        v = rotate.rotate(paths.lib_dir, uuid, args.name, global_keys=g, audit=audit, reason="manual")
+        pin = _read_secret("PIN: ") if args.pin else None
+        v = rotate.rotate(paths.lib_dir, uuid, args.name, global_keys=g, audit=audit, reason="manual", pin=pin)
     except _errors() as exc:
         return _fail(str(exc))
     print(f"{uuid} {args.name}: rotated to v{v}")
@@ -224,8 +246,9 @@ def cmd_emergency(args) -> int:
     paths, g = _env(args)
     try:
         uuid, _ = resolve_vm(args.vm, args.connect)
+        pin = _read_secret("PIN: ") if args.pin else None
         v = rotate.rotate(paths.lib_dir, uuid, args.name, global_keys=g, audit=_auditor(paths),
-                          reason=args.reason, kind="emergency-rotate")
+                          reason=args.reason, kind="emergency-rotate", pin=pin)
     except _errors() as exc:
         return _fail(str(exc))
     print(f"{uuid} {args.name}: emergency rotation to v{v} done; running VMs still hold the old key until restarted")
@@ -240,7 +263,9 @@ def cmd_reseal(args) -> int:
         pcrs = _pcrs(args.pcrs, None)
         uuid, _ = resolve_vm(args.vm, args.connect)
         rkey = args.recovery_key or _read_secret("recovery key: ").decode()
-        v = rotate.reseal(paths.lib_dir, uuid, args.name, rkey, global_keys=g, audit=_auditor(paths), pcrs=pcrs)
+        pin = _read_secret("PIN: ") if args.pin else None
+        v = rotate.reseal(paths.lib_dir, uuid, args.name, rkey, global_keys=g, audit=_auditor(paths), pcrs=pcrs,
+                          pin=pin)
     except ValueError as exc:
         return _fail(str(exc), EXIT_INPUT)
     except _errors() as exc:
@@ -300,17 +325,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_pin(args) -> int:
-    from . import store
+    from . import deliver, store
 
     paths, _ = _env(args)
     try:
         uuid, _ = resolve_vm(args.vm, args.connect)
         store.check_name(args.name)
-        d = os.path.join(paths.state_dir, "keys", uuid, ".pins")
-        store.makedirs(d)
-        store.write_atomic(os.path.join(d, args.name), _read_secret("PIN: "))
+        deliver.pin_put(uuid, args.name, _read_secret("PIN: "))
     except _errors() as exc:
         return _fail(str(exc))
+    print(f"{uuid} {args.name}: PIN held in the kernel keyring for the next start")
     return EXIT_OK
 
 

@@ -190,10 +190,32 @@ def keyring_description(uuid: str, name: str) -> str:
     return f"qwamos:{uuid.lower()}:{name}"
 
 
-def keyring_search(uuid: str, name: str) -> int | None:
+def keyring_search(uuid: str, name: str, prefix: str = "qwamos") -> int | None:
     lib = _keyutils()
-    serial = lib.keyctl_search(KEY_SPEC_USER_KEYRING, b"user", keyring_description(uuid, name).encode(), 0)
+    desc = f"{prefix}:{uuid.lower()}:{name}".encode()
+    serial = lib.keyctl_search(KEY_SPEC_USER_KEYRING, b"user", desc, 0)
     return int(serial) if serial > 0 else None
+
+
+def pin_put(uuid: str, name: str, pin: bytes) -> None:
+    """Leave a PIN for the next start in root's user keyring (never on disk)."""
+    lib = _keyutils()
+    desc = f"qwamos-pin:{uuid.lower()}:{name}".encode()
+    serial = lib.add_key(b"user", desc, pin, len(pin), KEY_SPEC_USER_KEYRING)
+    if serial < 0:
+        raise _kerr("add_key")
+    lib.keyctl_setperm(serial, KEY_POS_ALL | KEY_USR_VIEW)
+
+
+def pin_take(uuid: str, name: str) -> bytes | None:
+    """Read and destroy the PIN left for this key, if any: it serves one start."""
+    serial = keyring_search(uuid, name, "qwamos-pin")
+    if serial is None:
+        return None
+    try:
+        return keyring_read(serial)
+    finally:
+        _keyutils().keyctl_invalidate(serial)
 
 
 def keyring_read(serial: int) -> bytes:

@@ -128,6 +128,8 @@ def rotate(lib_dir: str, uuid: str, name: str, *, global_keys: dict, audit, reas
             audit("keys.rotate.recover", uuid=uuid, key=name, outcome=fixed)
         old_v = meta["current"]
         old_rec = store.current(meta)
+        if old_rec.get("pin") and pin is None:
+            raise RotationError(f"key {name} is PIN-protected: give its PIN (--pin) to rotate or reseal it")
         luks = _is_luks(meta)
         if luks and old_secret is None:
             old_secret = manager.unseal_version(kdir, meta, old_v, global_keys, pin=pin)

@@ -16,17 +16,6 @@ def _runtime_dir(ctx) -> str | None:
     return (ctx.policy.section("keys") if ctx.policy is not None else {}).get("runtime_dir")
 
 
-def _take_pin(state_dir: str, uuid: str, name: str) -> bytes | None:
-    """A PIN left by `qwamos-policy keys pin` for the next start; used once."""
-    path = os.path.join(state_dir, "keys", uuid, ".pins", name)
-    try:
-        pin = store.read_bytes(path)
-    except FileNotFoundError:
-        return None
-    store.remove(path)
-    return pin
-
-
 def unseal(ctx) -> None:
     uuid = (ctx.uuid or "").lower()
     if not uuid:
@@ -64,7 +53,7 @@ def _unseal_all(ctx, uuid, names, profile, global_keys) -> None:
             meta = store.load_meta(kdir)
             version = meta["current"]
             rec = store.current(meta)
-            pin = _take_pin(state_dir, uuid, name) if rec.get("pin") else None
+            pin = deliver.pin_take(uuid, name) if rec.get("pin") else None
             secret = manager.unseal_version(kdir, meta, version, global_keys, pin=pin)
         except Exception as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__

@@ -67,6 +67,9 @@ def _yaml_load(data: bytes, source: str):
         return loader.construct_mapping(node, deep=deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    # Dates stay strings (waiver 'expires: 2027-01-01'): the schema checks their
+    # form and the validated document must stay marshal-able for the cache.
+    StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
     try:
         return yaml.load(data, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

@@ -99,6 +99,17 @@ def _load() -> None:
         _loaded = True
 
 
+def enabled(severity_overrides: dict | None = None) -> list[tuple[Rule, str]]:
+    """(rule, effective severity) for every rule a policy leaves on."""
+    overrides = severity_overrides or {}
+    out = []
+    for r in all_rules():
+        sev = overrides.get(r.id, r.severity)
+        if sev != "off":
+            out.append((r, sev))
+    return out
+
+
 def run(domain, profile, ctx: CheckContext, severity_overrides: dict | None = None) -> Iterator[Finding]:
     _load()
     overrides = severity_overrides or {}
