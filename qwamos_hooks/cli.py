@@ -81,7 +81,14 @@ def cmd_check(args) -> int:
             print("qwamos-policy: check needs PATH... (or --connect URI)", file=sys.stderr)
             return EXIT_INPUT
     try:
-        policy = _load_policy(args)
+        if args.connect and not (args.policy or os.environ.get("QWAMOS_POLICY")):
+            # A host audit judges by what the hook enforces there: the host policy.
+            from .paths import DEFAULT_POLICY
+            from .policy import load_policy
+
+            policy = load_policy(DEFAULT_POLICY, missing_ok=True)
+        else:
+            policy = _load_policy(args)
     except PolicyError as exc:
         print(f"qwamos-policy: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 USAGE = "usage: qwamos-hook NAME OP SUBOP EXTRA < domain.xml  (called by libvirtd from hooks/qemu.d/)"
 
@@ -21,8 +21,7 @@ EXIT_BLOCK = 1
 EXIT_USAGE = 2
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
     can_block: bool  # libvirt honours a non-zero exit (for reconnect it kills the VM: never)
     check: str | None  # run the policy: "defined" (XML before start) or "live" (taps, resolved bridges)
     actions: tuple[str, ...] = ()  # names in ACTIONS, run in order after a passing check

@@ -1,7 +1,7 @@
 """Where things live on the host; every location can be moved by environment."""
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_POLICY = "/etc/qwamos/policy.yaml"
 DEFAULT_STATE_DIR = "/run/qwamos"
@@ -9,8 +9,7 @@ DEFAULT_LIB_DIR = "/var/lib/qwamos"
 DEFAULT_LOG_FILE = "/var/log/qwamos/hook.log"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     policy: str
     state_dir: str  # volatile (tmpfs): per-VM runtime state, delivered keys
     lib_dir: str  # persistent: audit log, sealed keys, policy cache

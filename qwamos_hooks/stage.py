@@ -4,15 +4,13 @@ so a VM start pays only for what that stage does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .domain import Domain
 from .paths import Paths
 
 
-@dataclass(frozen=True)
-class StageContext:
+class StageContext(NamedTuple):
     vm: str  # domain name as libvirt passed it (argv[1])
     op: str  # prepare, start, started, stopped, release, migrate, restore, reconnect
     subop: str  # begin | end

@@ -53,10 +53,9 @@ def run(*argv) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def line_of(path: str, pattern: str) -> int:
-    """1-based line of the first line matching pattern (where a finding must point)."""
+def lines_of(path: str, pattern: str) -> list:
+    """1-based lines matching pattern (where findings must point)."""
     with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if re.search(pattern, line):
-                return n
-    raise AssertionError(f"{pattern!r} not in {path}")
+        found = [n for n, line in enumerate(fh, 1) if re.search(pattern, line)]
+    assert found, f"{pattern!r} not in {path}"
+    return found

@@ -116,7 +116,7 @@ def test_domain_without_keys_does_not_import_the_tpm_stack(kenv):
     e.enroll("disk", "--pcrs", "16", uuid=UUID2)  # keys exist, but for another VM
     code = (
         "import io, sys; from qwamos_hooks import hook\n"
-        f"xml = open(sys.argv[1], 'rb').read()\n"
+        "xml = open(sys.argv[1], 'rb').read()\n"
         "c, m = hook.run(['qwkeys-test', 'prepare', 'begin', '-'], io.BytesIO(xml))\n"
         "print(c, 'tpm2_pytss' in sys.modules, 'cryptography' in sys.modules, 'qwamos_hooks.keys.stage' in sys.modules)\n"
     )
@@ -235,3 +235,15 @@ def test_pin_key_needs_pin_per_start(kenv):
     e.hook("stopped", "end")
     r = e.hook("prepare", "begin")
     assert r.returncode == 1 and "needs a PIN" in r.stderr
+
+
+def test_cli_wipe_removes_delivered_keys(kenv):
+    e = kenv
+    e.enroll("disk", "--pcrs", "16")
+    e.enroll("kr", "--pcrs", "16", "--deliver", "keyring")
+    assert e.hook("prepare", "begin").returncode == 0
+    r = e.cli("wipe", UUID)
+    assert r.returncode == 0 and "wiped disk, kr" in r.stdout
+    assert not os.path.exists(_file(e, "disk")) and deliver.keyring_search(UUID, "kr") is None
+    r = e.cli("wipe", UUID)
+    assert r.returncode == 0 and "nothing" in r.stdout

@@ -175,17 +175,19 @@ def verify(ctx) -> None:
 def remove(ctx) -> None:
     """stopped/end, release/end: undo exactly what the record says; never raises."""
     try:
-        remove_uuid(ctx.paths.state_dir, ctx.uuid, ctx.policy.section("firewall") if ctx.policy else {})
+        removed = remove_uuid(ctx.paths.state_dir, ctx.uuid, ctx.policy.section("firewall") if ctx.policy else {})
     except Exception as exc:  # noqa: BLE001 - a stage that cannot block must not fail
         ctx.log(f"{ctx.vm}: firewall removal failed, will be retried by 'fw reconcile': {exc}")
         return
-    ctx.audit("firewall.remove")
+    if removed is not None:  # a second stop finds no record and reports nothing
+        ctx.audit("firewall.remove", taps=removed)
 
 
-def remove_uuid(state_dir: str, uuid: str, global_section: dict | None = None) -> list[str]:
+def remove_uuid(state_dir: str, uuid: str, global_section: dict | None = None) -> list[str] | None:
+    """Remove what the record of uuid says; None when there is no record."""
     st = state.load(state_dir, uuid)
     if st is None:
-        return []
+        return None
     taps = {i["tap"] for i in st.get("interfaces", ())} | set(st.get("stale", ()))
     mine = sorted(t for t in taps if state.tap_owner(state_dir, t) in (None, uuid))
     if mine:

@@ -31,7 +31,7 @@ def unseal(ctx) -> None:
     if not names:
         return
 
-    from . import deliver, manager
+    from . import deliver
 
     global_keys = dict(ctx.policy.section("keys")) if ctx.policy is not None else {}
     try:

@@ -225,8 +225,7 @@ class TPM:
     def seal(self, secret: bytes, bank: str = "sha256", pcrs=(7,), pin: bytes | None = None) -> Sealed:
         """Seal `secret` to the current values of `pcrs` (empty = no PCR binding)."""
         pcrs = tuple(sorted(pcrs))
-        try:
-          with self._op():
+        with self._op(), _as_tpm_error("seal"):
             primary, pname = self.primary()
             values = self.read_pcrs(bank, pcrs) if pcrs else {}
             algo = hashlib.new(bank)
@@ -264,8 +263,6 @@ class TPM:
             hmac = self._session(primary, TPM2_SE.HMAC, TPMA_SESSION.DECRYPT)
             priv, pub, _, _, _ = self.esys.create(primary, sensitive, public, session1=hmac)
             self._flush(hmac)
-        except TSS2_Exception as exc:
-            raise TPMError(f"TPM seal failed: {_short(exc)}") from None
         return Sealed(
             public=pub.marshal(),
             private=priv.marshal(),
@@ -294,8 +291,7 @@ class TPM:
         pcrs = tuple(sorted(pcrs))
         if needs_pin and pin is None:
             raise TPMError("key needs a PIN and none was given")
-        try:
-          with self._op():
+        with self._op(), _as_tpm_error("unseal"):
             primary, _ = self.primary(primary_name)
             pub, _ = TPM2B_PUBLIC.unmarshal(public)
             priv, _ = TPM2B_PRIVATE.unmarshal(private)
@@ -327,8 +323,6 @@ class TPM:
             self._flush(sess)
             self._flush(obj)
             return data
-        except TSS2_Exception as exc:
-            raise TPMError(f"TPM unseal failed: {_short(exc)}") from None
 
     def changed_pcrs(self, bank: str, pcrs, recorded: dict) -> list[int]:
         now = self.read_pcrs(bank, pcrs)
@@ -363,6 +357,14 @@ def connect(tcti: str):
         yield tpm
     finally:
         tpm.close()
+
+
+@contextmanager
+def _as_tpm_error(what: str):
+    try:
+        yield
+    except TSS2_Exception as exc:
+        raise TPMError(f"TPM {what} failed: {_short(exc)}") from None
 
 
 def _short(exc: Exception) -> str:

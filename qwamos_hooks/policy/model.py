@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import copy
 import fnmatch
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import PolicyError
 
 
 def _merge(base: dict, over: dict) -> dict:
-    """Deep merge: mappings merge key by key; lists and scalars replace."""
+    """Deep merge: mappings merge key by key; lists and scalars replace. Values
+    are shared, not copied: a resolved policy is never mutated."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = v
     return out
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     name: str
-    data: dict = field(compare=False, repr=False)
+    data: dict
 
     def get(self, *path: str, default: Any = None) -> Any:
         node: Any = self.data
@@ -40,23 +38,21 @@ class Profile:
         return value if isinstance(value, dict) else {}
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     profile: Profile
     how: str  # "assign[3] name", "metadata", "default"
     problem: str | None = None  # a metadata request the policy does not permit
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     source: str  # file path, or "built-in default"
     digest: str  # sha256 of the policy file bytes
     mode: str
-    profiles: dict = field(compare=False)  # name -> Profile
-    assign: tuple = ()
-    default_profile: str = "default"
-    severity: dict = field(default_factory=dict, compare=False)
-    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    profiles: dict  # name -> Profile
+    assign: tuple
+    default_profile: str
+    severity: dict  # rule id -> error | warning | info | off
+    raw: dict  # the validated document, for sections other modules own
 
     def section(self, name: str) -> dict:
         value = self.raw.get(name)

@@ -47,7 +47,8 @@ def _descriptor(rule, severity: str) -> dict:
 
 def _location(path: str) -> dict:
     if "://" in path:  # a libvirt domain: URI/name
-        return {"uri": path}
+        scheme, _, rest = path.partition("://")
+        return {"uri": f"{scheme}://{quote(rest, safe='/:@')}"}
     if os.path.isabs(path):
         return {"uri": pathlib.PurePosixPath(path).as_uri()}
     rel = path.replace(os.sep, "/")
