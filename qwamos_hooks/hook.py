@@ -150,7 +150,7 @@ def run(argv: list[str], stdin, env=os.environ) -> tuple[int, str]:
 
 def _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record):
     from . import domain as dom
-    from .errors import InputError, PolicyError, StageError
+    from .errors import InputError, PolicyError
 
     try:
         data = stdin.read(dom.MAX_BYTES + 1)
@@ -168,7 +168,14 @@ def _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record):
     try:
         policy = load_policy(paths.policy, cache_dir=paths.cache_dir, missing_ok=True)
     except PolicyError as exc:
-        raise _Block(f"policy error, every start is denied until it is fixed: {exc}") from None
+        if stage.can_block:
+            raise _Block(f"policy error, every start is denied until it is fixed: {exc}") from None
+        # Clean-up works from recorded state: a broken policy must not leave
+        # rules or keys behind when a VM stops.
+        log(f"{vm} {op}/{subop}: policy error, running clean-up from recorded state only: {exc}")
+        record["decision"] = "error"
+        _run_actions(stage, vm, op, subop, d, None, None, paths, audit, log)
+        return EXIT_ALLOW, ""
     record["policy"] = policy.digest[:16]
 
     profile = None
@@ -193,16 +200,31 @@ def _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record):
         profile = policy.select(d.name, d.uuid, md.profile if md else None).profile
         record["profile"] = profile.name
 
-    if stage.actions:
-        from .stage import StageContext
-
-        ctx = StageContext(vm, op, subop, d, profile, policy, paths, stage.can_block, audit, log)
-        for name in stage.actions:
-            try:
-                _resolve(name)(ctx)
-            except StageError as exc:
-                raise _Block(f"VM '{vm}' {name} failed: {exc}") from None
+    _run_actions(stage, vm, op, subop, d, profile, policy, paths, audit, log)
     return EXIT_ALLOW, ""
+
+
+def _run_actions(stage, vm, op, subop, d, profile, policy, paths, audit, log) -> None:
+    """Run the stage's actions in order. Where the stage can block, the first
+    failure blocks. Where it cannot (clean-up), every action still runs: a
+    failed firewall removal must not leave a key delivered."""
+    if not stage.actions:
+        return
+    from .errors import StageError
+    from .stage import StageContext
+
+    ctx = StageContext(vm, op, subop, d, profile, policy, paths, stage.can_block, audit, log)
+    failures = []
+    for name in stage.actions:
+        try:
+            _resolve(name)(ctx)
+        except Exception as exc:  # noqa: BLE001 - reported below, per stage rules
+            reason = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+            if stage.can_block:
+                raise _Block(f"VM '{vm}' {name} failed: {reason}") from None
+            failures.append(f"{name}: {reason}")
+    if failures:
+        raise _Block("; ".join(failures))
 
 
 def main(argv: list[str] | None = None) -> int:

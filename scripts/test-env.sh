@@ -15,6 +15,17 @@ if [ "${QWAMOS_SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
+# Delivered keys must live on tmpfs. On a systemd host /run is tmpfs; in a
+# container it may not be, so give the state folder its own tmpfs there.
+state=/run/qwamos
+# Never mount over state a running VM depends on.
+if [ "$(stat -f -c %T "$(dirname "$state")")" != tmpfs ] && ! mountpoint -q "$state" \
+   && [ -z "$(find "$state" -type f 2>/dev/null | head -1)" ]; then
+  install -d -m 0700 "$state"
+  mount -t tmpfs -o mode=0700,size=64m qwamos-run "$state"
+  echo "test-env: mounted a tmpfs on $state (/run is not tmpfs here)"
+fi
+
 clean_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin)
 if ! pgrep -x virtlogd >/dev/null; then
   "${clean_env[@]}" virtlogd -d
@@ -32,7 +43,8 @@ virsh -c qemu:///system version >/dev/null || { echo "test-env: libvirtd did not
 if ! virsh -c qemu:///system net-info default >/dev/null 2>&1; then
   virsh -c qemu:///system net-define /usr/share/libvirt/networks/default.xml >/dev/null
 fi
-if ! virsh -c qemu:///system net-info default | grep -q '^Active:.*yes'; then
+info=$(virsh -c qemu:///system net-info default)
+if ! grep -q '^Active: *yes' <<<"$info"; then
   virsh -c qemu:///system net-start default >/dev/null
 fi
 echo "test-env: libvirtd $(virsh -c qemu:///system version --daemon | sed -n 's/.*daemon: *//Ip' | head -1) up, network 'default' active"
