@@ -20,6 +20,7 @@ PY = "/opt/qwamos/venv/bin/python"
 
 
 def fake_vm(i: int, profile: str = "nat") -> dict:
+    """One VM with one tap, a MAC and a declared IPv4 address."""
     from qwamos_hooks.firewall import render
 
     uuid = f"00000000-0000-4000-8000-{i:012x}"
@@ -49,10 +50,12 @@ def inner(reps: int) -> None:
         probe = fake_vm(900000)
         t_apply, t_remove = [], []
         for _ in range(reps):
+            apply._ctx = None  # each hook event is a new process: no libnftables cache carried over
             t0 = time.perf_counter()
             apply.run(render.base_commands(glob) + render.vm_commands(probe, glob))  # start/begin
             t1 = time.perf_counter()
-            apply.run(render.base_commands(glob) + render.remove_commands([probe["interfaces"][0]["tap"]]))  # stopped/end
+            apply._ctx = None
+            apply.run(render.remove_commands(probe["interfaces"], allowlist=False))  # stopped/end
             t2 = time.perf_counter()
             t_apply.append((t1 - t0) * 1000)
             t_remove.append((t2 - t1) * 1000)
@@ -74,7 +77,8 @@ def inner(reps: int) -> None:
             raise SystemExit(f"naive apply failed: {p.stderr}")
     naive = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
-    apply.run(render.base_commands(glob) + render.remove_commands(["vnet900001"]))
+    apply.run(render.base_commands(glob) + render.remove_commands(probe["interfaces"]))
+    apply._ctx = None
     t1 = time.perf_counter()
     apply.run(render.base_commands(glob) + render.vm_commands(probe, glob))
     ours = (time.perf_counter() - t1) * 1000

@@ -62,12 +62,15 @@ def _write_report(fmt, path, checked, opts) -> None:
 
 
 def cmd_check(args) -> int:
-    from . import engine, report
+    from . import engine, report, rules
 
     try:
         extra, main_path = _parse_outputs(args.output)
     except ValueError as exc:
         print(f"qwamos-policy: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.jobs < 0:
+        print("qwamos-policy: --jobs must be 0 (automatic) or more", file=sys.stderr)
         return EXIT_INPUT
     if args.connect:
         if args.all and args.paths:
@@ -92,6 +95,9 @@ def cmd_check(args) -> int:
     except PolicyError as exc:
         print(f"qwamos-policy: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    if not rules.enabled(policy.severity):
+        print(f"qwamos-policy: {policy.source}: every rule is turned off, nothing would be checked", file=sys.stderr)
+        return EXIT_INPUT
     today = engine.today_utc()
     if args.connect:
         from .hostaudit import check_host
@@ -109,11 +115,15 @@ def cmd_check(args) -> int:
 
         checked = [report.Checked(p, None, f"{p}: no such file or directory")
                    for p in args.paths if not os.path.exists(p)]
-        items = list(scan.iter_inputs([p for p in args.paths if os.path.exists(p)]))
+        items = [(p, explicit and not args.skip_non_domain)
+                 for p, explicit in scan.iter_inputs([p for p in args.paths if os.path.exists(p)])]
         progress = scan.Progress(len(items), enabled=False if args.no_progress else None)
         found, skipped = scan.check_files(items, policy, live=args.live, today=today,
                                           jobs=args.jobs, progress=progress)
         checked += found
+        if not checked and skipped and args.skip_non_domain:
+            print(f"qwamos-policy: nothing to check ({skipped} non-domain XML file(s) skipped)", file=sys.stderr)
+            return EXIT_OK
         if not checked:
             print(f"qwamos-policy: no domain XML found in {', '.join(args.paths)}"
                   f"{f' ({skipped} other XML file(s) skipped)' if skipped else ''}", file=sys.stderr)
@@ -217,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audit the domains of a libvirt host (e.g. qemu:///system), read-only")
     c.add_argument("--all", action="store_true", help="with --connect: every domain, running and inactive (the default)")
     c.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
-                   help="worker processes (default: one per core for large runs; 1 = serial)")
+                   help="worker processes (default 0: one per core for 64 files or more; 1 = serial)")
+    c.add_argument("--skip-non-domain", action="store_true",
+                   help="skip XML files that are not <domain> even when named (for pre-commit); "
+                        "if nothing is left to check, exit 0")
     c.add_argument("--no-progress", action="store_true", help="no progress display (it only shows on a terminal, never with CI set)")
     c.add_argument("--verbose", "-v", action="store_true")
     c.set_defaults(func=cmd_check)
@@ -242,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     av = asub.add_parser("verify", help="verify the hash chain")
     av.add_argument("file", nargs="?", help="audit log (default: $QWAMOS_LIB_DIR/audit.jsonl)")
     av.set_defaults(func=cmd_audit_verify)
+
+    from .completion import register as register_completion
+
+    register_completion(sub, build_parser)
 
     for name, (modname, helptext) in GROUPS.items():
         try:

@@ -114,6 +114,22 @@ class ShareNet(NamedTuple):
     value: str | None
 
 
+class HostSocket(NamedTuple):
+    """A guest device whose back end is a host network socket (serial, channel,
+    console, parallel, USB redirection, smartcard, RNG over tcp/udp)."""
+
+    line: int
+    device: str  # element name: serial, channel, redirdev, ...
+    type: str  # tcp | udp
+    endpoint: str | None  # host:service of the first <source>
+
+
+class Graphics(NamedTuple):
+    line: int
+    type: str | None
+    listen: tuple[str, ...]  # addresses it listens on ('' = hypervisor default)
+
+
 class Waiver(NamedTuple):
     line: int
     rule: str
@@ -150,6 +166,10 @@ class Domain(NamedTuple):
     commandlines: tuple[CommandLine, ...]
     overrides: tuple[Override, ...]
     sharenets: tuple[ShareNet, ...]
+    host_sockets: tuple[HostSocket, ...]
+    graphics: tuple[Graphics, ...]
+    shmems: tuple[tuple[str, int], ...]  # (name, line) of <shmem> regions
+    qemu_capabilities: tuple[tuple[str, str, int], ...]  # (add|del, capability, line)
     metadata: Metadata | None
     lines: dict  # element name -> line, for findings about whole-domain settings
 
@@ -163,8 +183,7 @@ def parse_bytes(data: bytes, source: str = "<stdin>") -> Domain:
     if not data.strip():
         raise InputError(f"{source}: empty input, expected domain XML")
     # libvirt never writes a DOCTYPE; any DTD is hostile here (XXE, billion laughs).
-    head = data[:4096].lower()
-    if b"<!doctype" in head or b"<!entity" in data:
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise InputError(f"{source}: DOCTYPE/ENTITY declarations are refused in domain XML")
     try:
         root = etree.fromstring(data, _PARSER)
@@ -177,9 +196,25 @@ def parse_bytes(data: bytes, source: str = "<stdin>") -> Domain:
         raise InputError(f"{source}: empty document")
     if root.getroottree().docinfo.doctype:
         raise InputError(f"{source}: DOCTYPE declarations are refused in domain XML")
-    if root.tag != "domain":
+    # libvirt matches the root by local name only: <x:domain xmlns:x='...'> is a domain.
+    if _local(root.tag) != "domain":
         raise NotADomain(f"{source}: root element is <{_local(root.tag)}>, expected <domain>")
     return _domain(root, source)
+
+
+def identity_only(data: bytes, source: str = "<stdin>") -> Domain | None:
+    """Name and UUID from XML too large or broken to parse, for clean-up stages
+    only: state is recorded by UUID, and libvirt writes <name> and <uuid>
+    first, so a bounded scan of the head finds them."""
+    import re
+
+    head = data[:65536].decode("utf-8", "replace")
+    uuid = re.search(r"<uuid>\s*([0-9A-Fa-f-]{32,36})\s*</uuid>", head)
+    name = re.search(r"<name>([^<]*)</name>", head)
+    if not uuid:
+        return None
+    return Domain(source, 0, None, name.group(1) if name else None, uuid.group(1).lower(), None, None,
+                  None, None, None, None, None, None, None, (), (), False, (), (), (), (), (), (), (), None, {})
 
 
 def parse_file(path: str) -> Domain:
@@ -189,6 +224,19 @@ def parse_file(path: str) -> Domain:
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_bytes(data, path)
+
+
+def _attr(el, name: str, default=None):
+    """An attribute as libvirt reads it: xmlGetProp() ignores namespaces and
+    returns the first attribute with that local name, so <mac x:address='..'
+    address='..'> means the x: one to libvirt and must mean it here too."""
+    if el is None:
+        return default
+    suffix = "}" + name
+    for key, value in el.attrib.items():
+        if key == name or key.endswith(suffix):
+            return value
+    return default
 
 
 def _local(tag) -> str:
@@ -219,18 +267,20 @@ _UNIT = {
     "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
     "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+    "p": 1024**5, "pib": 1024**5, "pb": 1000**5,
+    "e": 1024**6, "eib": 1024**6, "eb": 1000**6,
 }
+UNREADABLE = -1  # a size element that is present but cannot be read: rules fail closed
 
 
 def _kib(el) -> int | None:
     """A libvirt scaled integer in KiB (unit attribute, default KiB)."""
+    if el is None:
+        return None
     n = _int(el)
-    if n is None:
-        return None
-    unit = (el.get("unit") or "KiB").lower()
-    mult = _UNIT.get(unit)
-    if mult is None:
-        return None
+    mult = _UNIT.get((_attr(el, "unit") or "KiB").lower())
+    if n is None or mult is None or n < 0:
+        return UNREADABLE
     return n * mult // 1024
 
 
@@ -252,21 +302,21 @@ def _interface(idx: int, el) -> Interface:
     backend = el.find("backend")
     alias = el.find("alias")
     vport = el.find("virtualport")
-    ips = tuple(ip.get("address", "") for ip in el.findall("ip"))
-    g = (lambda e, a: e.get(a) if e is not None else None)
+    ips = tuple(_attr(ip, "address", "") for ip in el.findall("ip"))
+    g = _attr
     mtype = g(model, "type")
     maddr = g(mac, "address")
     return Interface(
         index=idx,
         line=el.sourceline or 0,
-        type=el.get("type", ""),
+        type=_attr(el, "type", ""),
         model=mtype.lower() if mtype is not None else None,
         mac=maddr.lower() if maddr is not None else None,
-        source_bridge=g(src, "bridge") if el.get("type") == "bridge" else None,
+        source_bridge=g(src, "bridge") if _attr(el, "type") == "bridge" else None,
         source_network=g(src, "network"),
         source_portgroup=g(src, "portgroup"),
         source_dev=g(src, "dev"),
-        resolved_bridge=g(src, "bridge") if el.get("type") == "network" else None,
+        resolved_bridge=g(src, "bridge") if _attr(el, "type") == "network" else None,
         target_dev=g(target, "dev"),
         target_managed=g(target, "managed"),
         driver_name=g(driver, "name"),
@@ -290,20 +340,20 @@ def _hostdev(el) -> Hostdev:
     addr = None
     src = el.find("source")
     a = src.find("address") if src is not None else None
-    if a is not None and el.get("type") == "pci":
+    if a is not None and _attr(el, "type") == "pci":
         addr = "{}:{}:{}.{}".format(
-            a.get("domain", "0x0000"), a.get("bus", "?"), a.get("slot", "?"), a.get("function", "?")
+            _attr(a, "domain", "0x0000"), _attr(a, "bus", "?"), _attr(a, "slot", "?"), _attr(a, "function", "?")
         )
     team = el.find("teaming")
     alias = el.find("alias")
     return Hostdev(
         line=el.sourceline or 0,
-        mode=el.get("mode"),
-        type=el.get("type"),
-        managed=el.get("managed"),
-        alias=alias.get("name") if alias is not None else None,
+        mode=_attr(el, "mode"),
+        type=_attr(el, "type"),
+        managed=_attr(el, "managed"),
+        alias=_attr(alias, "name") if alias is not None else None,
         address=addr,
-        teaming=team.get("type") if team is not None else None,
+        teaming=_attr(team, "type") if team is not None else None,
     )
 
 
@@ -314,10 +364,10 @@ def _commandlines(root) -> tuple[CommandLine, ...]:
         # elsewhere is refused by the same rule rather than ignored.
         for cl in root.iter(f"{{{uri}}}commandline"):
             args = tuple(
-                (a.get("value", ""), a.sourceline or 0) for a in cl.iter(f"{{{uri}}}arg")
+                (_attr(a, "value", ""), a.sourceline or 0) for a in cl.iter(f"{{{uri}}}arg")
             )
             env = tuple(
-                (e.get("name", ""), e.get("value", ""), e.sourceline or 0)
+                (_attr(e, "name", ""), _attr(e, "value", ""), e.sourceline or 0)
                 for e in cl.iter(f"{{{uri}}}env")
             )
             out.append(CommandLine(cl.sourceline or 0, hv, args, env))
@@ -328,10 +378,47 @@ def _overrides(root) -> tuple[Override, ...]:
     out = []
     for dev in root.iter(f"{{{NS_QEMU}}}device"):
         props = tuple(
-            p.get("name", "")
+            _attr(p, "name", "")
             for p in dev.iter(f"{{{NS_QEMU}}}property")
         )
-        out.append(Override(dev.sourceline or 0, dev.get("alias", ""), props))
+        out.append(Override(dev.sourceline or 0, _attr(dev, "alias", ""), props))
+    return tuple(out)
+
+
+_SOCKET_DEVICES = ("serial", "parallel", "channel", "console", "redirdev", "smartcard")
+
+
+def _host_sockets(root) -> tuple[HostSocket, ...]:
+    out = []
+    candidates = [el for tag in _SOCKET_DEVICES for el in root.findall(f"devices/{tag}")]
+    candidates += root.findall("devices/rng/backend")
+    for el in candidates:
+        kind = _attr(el, "type")
+        if kind in ("tcp", "udp"):
+            src = el.find("source")
+            endpoint = f"{_attr(src, 'host', '')}:{_attr(src, 'service', '')}" if src is not None else None
+            tag = "rng" if el.tag == "backend" else el.tag
+            out.append(HostSocket(el.sourceline or 0, tag, kind, endpoint))
+    return tuple(sorted(out))
+
+
+def _graphics(root) -> tuple[Graphics, ...]:
+    out = []
+    for el in root.findall("devices/graphics"):
+        addrs = [_attr(el, "listen")] if _attr(el, "listen") is not None else []
+        for ls in el.findall("listen"):
+            if _attr(ls, "type") in ("address", None):
+                addrs.append(_attr(ls, "address", ""))
+        out.append(Graphics(el.sourceline or 0, _attr(el, "type"), tuple(addrs)))
+    return tuple(out)
+
+
+def _qemu_capabilities(root) -> tuple[tuple[str, str, int], ...]:
+    out = []
+    for caps in root.iter(f"{{{NS_QEMU}}}capabilities"):
+        for el in caps:
+            if isinstance(el.tag, str) and el.tag in (f"{{{NS_QEMU}}}add", f"{{{NS_QEMU}}}del"):
+                out.append((_local(el.tag), _attr(el, "capability", ""), el.sourceline or 0))
     return tuple(out)
 
 
@@ -342,12 +429,12 @@ def _metadata(root) -> Metadata | None:
     vm = md.find(f"{{{NS_QWAMOS}}}vm")
     if vm is None:
         return None
-    profile = vm.get("profile")
+    profile = _attr(vm, "profile")
     if profile is None:
         p = vm.find(f"{{{NS_QWAMOS}}}profile")
         profile = _text(p)
     waivers = tuple(
-        Waiver(w.sourceline or 0, w.get("rule", ""), w.get("reason"), w.get("expires"))
+        Waiver(w.sourceline or 0, _attr(w, "rule", ""), _attr(w, "reason"), _attr(w, "expires"))
         for w in vm.iter(f"{{{NS_QWAMOS}}}waive")
     )
     return Metadata(vm.sourceline or 0, profile, waivers)
@@ -361,28 +448,30 @@ def _domain(root, source: str) -> Domain:
     ifaces = tuple(_interface(i, el) for i, el in enumerate(root.findall("devices/interface")))
     hostdevs = tuple(_hostdev(el) for el in root.findall("devices/hostdev"))
     sharenets = tuple(
-        ShareNet(el.sourceline or 0, el.get("type"), el.get("value"))
+        ShareNet(el.sourceline or 0, _attr(el, "type"), _attr(el, "value"))
         for el in root.iter(f"{{{NS_LXC}}}sharenet")
     )
     max_mem = root.find("maxMemory")
     loader = _first(os_el, "loader")
     lines = {}
-    for tag in ("memory", "vcpu", "memtune", "os"):
+    for tag in ("memory", "maxMemory", "vcpu", "memtune", "os"):
         el = root.find(tag)
         if el is not None:
             lines[tag] = el.sourceline or 0
     devices = root.find("devices")
     if devices is not None:
         lines["devices"] = devices.sourceline or 0
-    name = _text(root.find("name"))
+    name_el = root.find("name")
+    # Not stripped: libvirt accepts ' vm ' as a name and passes it verbatim in argv.
+    name = name_el.text if name_el is not None else None
     return Domain(
         source=source,
         line=root.sourceline or 0,
-        type=root.get("type"),
+        type=_attr(root, "type"),
         name=name,
         uuid=(_text(root.find("uuid")) or "").lower() or None,
-        arch=ostype.get("arch") if ostype is not None else None,
-        machine=ostype.get("machine") if ostype is not None else None,
+        arch=_attr(ostype, "arch") if ostype is not None else None,
+        machine=_attr(ostype, "machine") if ostype is not None else None,
         memory_kib=_kib(root.find("memory")),
         max_memory_kib=_kib(max_mem),
         hard_limit_kib=_kib(_first(memtune, "hard_limit")),
@@ -396,6 +485,10 @@ def _domain(root, source: str) -> Domain:
         commandlines=_commandlines(root),
         overrides=_overrides(root),
         sharenets=sharenets,
+        host_sockets=_host_sockets(root),
+        graphics=_graphics(root),
+        shmems=tuple((_attr(el, "name", ""), el.sourceline or 0) for el in root.findall("devices/shmem")),
+        qemu_capabilities=_qemu_capabilities(root),
         metadata=_metadata(root),
         lines=lines,
     )

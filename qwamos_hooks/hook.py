@@ -123,7 +123,7 @@ def run(argv: list[str], stdin, env=os.environ) -> tuple[int, str]:
         code, message = _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record)
     except _Block as exc:
         code, message = EXIT_BLOCK, str(exc)
-        record.update(decision="deny", reason=message)
+        record.update(decision="deny" if stage.can_block else "error", reason=message)
     except BaseException as exc:  # noqa: BLE001 - fail closed, but never crash without a line
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -152,11 +152,22 @@ def _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record):
     from . import domain as dom
     from .errors import InputError, PolicyError
 
+    data = b""
     try:
         data = stdin.read(dom.MAX_BYTES + 1)
         d = dom.parse_bytes(data, f"{vm} {op}/{subop} stdin")
     except InputError as exc:
-        raise _Block(str(exc)) from None
+        if stage.can_block:
+            raise _Block(str(exc)) from None
+        # Clean-up must still happen (libvirt can re-escape a big description
+        # past the size cap at stop): fall back to the name and UUID alone.
+        d = dom.identity_only(data, f"{vm} {op}/{subop} stdin")
+        if d is None:
+            raise _Block(f"{exc}; no UUID found, nothing to clean up") from None
+        log(f"{vm} {op}/{subop}: {exc}; cleaning up by UUID {d.uuid}")
+        record.update(uuid=d.uuid, decision="error")
+        _run_actions(stage, vm, op, subop, d, None, None, paths, audit, log)
+        return EXIT_ALLOW, ""
     record["uuid"] = d.uuid
     if d.name and d.name != vm:
         raise _Block(f"domain XML names '{d.name}' but libvirt called the hook for '{vm}'")

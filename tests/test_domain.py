@@ -51,7 +51,7 @@ def test_interfaces_in_every_devices_element():
     ("\x00\x01\x02garbage\xff", "not well-formed"),
     ("   \n  ", "empty input"),
     ("<network><name>default</name></network>", "expected <domain>"),
-    ("<d:domain xmlns:d='urn:x'/>", "expected <domain>"),
+    ("<d:network xmlns:d='urn:x'/>", "expected <domain>"),
 ])
 def test_hostile_and_broken_inputs_are_one_line_errors(xml, needle):
     with pytest.raises(InputError) as exc:
@@ -74,6 +74,21 @@ def test_size_cap():
     big = b"<domain><name>x</name><description>" + b"A" * (domain.MAX_BYTES) + b"</description></domain>"
     with pytest.raises(InputError, match="larger than 10 MiB"):
         domain.parse_bytes(big, "big.xml")
+
+
+def test_root_matched_by_local_name_as_libvirt_does():
+    d = domain.parse_bytes(b"<x:domain xmlns:x='urn:x' type='qemu'><name>n</name></x:domain>", "p.xml")
+    assert d.name == "n" and d.type == "qemu"
+
+
+def test_attributes_read_like_xmlgetprop():
+    # libvirt takes the first attribute of that local name, whatever its namespace.
+    xml = domain_xml(nics=[nic(mac=None, extra="<mac xmlns:x='urn:x' x:address='00:11:22:33:44:55' address='52:54:00:aa:00:01'/>")])
+    assert parse(xml).interfaces[0].mac == "00:11:22:33:44:55"
+
+
+def test_name_is_not_stripped():
+    assert parse(domain_xml(name=" spaced ")).name == " spaced "
 
 
 def test_not_a_domain_is_its_own_error_type():

@@ -131,27 +131,21 @@ def tap_of(name):
     raise AssertionError(f"no interface of {name} on {BR}: {p.stdout}")
 
 
-def chain_counters(tap):
-    """(packets accepted as DHCP from 0.0.0.0, packets dropped by the final rule) of <tap>-in."""
-    dhcp = dropped = 0
-    for o in nft_json("list", "chain", "bridge", "qwamos", f"{tap}-in"):
-        r = o.get("rule")
-        if not r:
-            continue
-        kinds = [next(iter(e)) for e in r["expr"]]
-        cnt = next((e["counter"]["packets"] for e in r["expr"] if "counter" in e), 0)
-        text = json.dumps(r["expr"])
-        if '"0.0.0.0"' in text and '"accept"' in text and "68" in text:
-            dhcp += cnt
-        if kinds == ["counter", "drop"]:
-            dropped += cnt
-    return dhcp, dropped
+def counters(tap):
+    """The tap's packet counters in the bridge table: {acc_in, drop_in, acc_out, drop_out}."""
+    out = {}
+    for name in ("acc_in", "drop_in", "acc_out", "drop_out"):
+        for o in nft_json("list", "set", "bridge", "qwamos", name):
+            for e in (o.get("set") or {}).get("elem", []):
+                if e["elem"]["val"] == tap:
+                    out[name] = e["elem"]["counter"]["packets"]
+    return out
 
 
 def nothing_left(tap, uuid):
     text = json.dumps(nft_json("list", "table", "bridge", "qwamos")) + json.dumps(
         nft_json("list", "table", "inet", "qwamos"))
-    return f'"{tap}-in"' not in text and f'"{tap}"' not in text and uuid not in text \
+    return f'"{tap}' not in text and uuid not in text \
         and not os.path.exists(f"{STATE_DIR}/{uuid}.json")
 
 
@@ -168,13 +162,15 @@ def test_ipxe_dhcp_is_counted_and_allowed_or_dropped(vm, kind):
         assert st["profile"] == {"nat": "nat", "iso": "isolated"}[kind]
         assert [i["tap"] for i in st["interfaces"]] == [tap] and st["interfaces"][0]["bridge"] == BR
         if kind == "nat":
-            assert e2e.wait_for(lambda: chain_counters(tap)[0] >= 1 and sniff.seen >= 1, 30), \
-                f"no DHCP from iPXE counted/seen: {chain_counters(tap)}, sniffed {sniff.seen}"
+            assert e2e.wait_for(lambda: counters(tap).get("acc_in", 0) >= 1 and sniff.seen >= 1, 30), \
+                f"no DHCP from iPXE counted/seen: {counters(tap)}, sniffed {sniff.seen}"
+            assert counters(tap)["drop_in"] == 0
         else:
-            assert e2e.wait_for(lambda: chain_counters(tap)[1] >= 2, 30), \
-                f"no iPXE traffic dropped: {chain_counters(tap)}"
+            assert e2e.wait_for(lambda: counters(tap).get("drop_in", 0) >= 2, 30), \
+                f"no iPXE traffic dropped: {counters(tap)}"
             time.sleep(0.5)
             assert sniff.seen == 0, f"{sniff.seen} DHCP frames crossed an isolated VM's firewall"
+            assert counters(tap)["acc_in"] == 0
     finally:
         sniff.close()
     assert e2e.virsh("destroy", name).returncode == 0

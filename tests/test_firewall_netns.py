@@ -83,7 +83,8 @@ class VM:
 
     # traffic
     def ping(self, dst):
-        cmd = ["ping", "-c", "1", "-W", "1", dst] if ":" not in dst else ["ping", "-6", "-c", "1", "-W", "1", dst]
+        # Three probes 0.2 s apart: a reply to any of them counts (the first may wait on ARP/NDP).
+        cmd = ["ping", "-c", "3", "-i", "0.2", "-W", "1", dst] + (["-6"] if ":" in dst else [])
         return run(*cmd, ns=self.ns, check=False).returncode == 0
 
     def call(self, kind, addr, port):
@@ -154,11 +155,37 @@ class Topo:
         return run("nft", *args, ns=H).stdout
 
     def registered(self):
-        out = json.loads(self.nft("-j", "list", "map", "bridge", "qwamos", "vm_in"))
-        for obj in out["nftables"]:
-            if "map" in obj:
-                return sorted(e[0] for e in obj["map"].get("elem", []))
-        return []
+        """Taps in any profile of the bridge table."""
+        taps = set()
+        for name in ("p_isolated", "p_nat", "p_tor", "allow_in"):
+            kind = "map" if name.startswith("allow") else "set"
+            out = json.loads(self.nft("-j", "list", kind, "bridge", "qwamos", name))
+            for obj in out["nftables"]:
+                for e in (obj.get(kind) or {}).get("elem", []):
+                    taps.add(e[0] if isinstance(e, list) else e)
+        return sorted(taps)
+
+    def counters(self, tap):
+        """Per-tap packet counters of the bridge table: {acc_in, drop_in, acc_out, drop_out}."""
+        out = {}
+        for name in ("acc_in", "drop_in", "acc_out", "drop_out"):
+            for obj in json.loads(self.nft("-j", "list", "set", "bridge", "qwamos", name))["nftables"]:
+                for e in (obj.get("set") or {}).get("elem", []):
+                    if e["elem"]["val"] == tap:
+                        out[name] = e["elem"]["counter"]["packets"]
+        return out
+
+    def elements(self):
+        """Everything the sets of both tables hold, counters stripped."""
+        out = {}
+        for fam in ("bridge", "inet"):
+            for obj in json.loads(self.nft("-j", "list", "table", fam, "qwamos"))["nftables"]:
+                body = obj.get("set") or obj.get("map")
+                if body:
+                    out[f"{fam} {body['name']}"] = sorted(
+                        json.dumps(e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e)
+                        for e in body.get("elem", []))
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +219,7 @@ def test_kill_switch_before_registration_and_after_removal(topo, vms):
     assert not vm.ping("10.99.0.2")
     assert vm.call("tcp", "10.99.0.2", 8080) == "FAIL"
     vm.remove()  # idempotent: no state, nothing to do, no error
-    assert vm.tap not in topo.nft("list", "table", "bridge", "qwamos")
+    assert vm.tap not in json.dumps(topo.elements())
     assert not os.path.exists(os.path.join(os.environ["QWAMOS_STATE_DIR"], "fw", vm.uuid + ".json"))
 
 
@@ -205,8 +232,8 @@ def test_isolated_passes_nothing(topo, vms):
     assert vm.call("tcp", "10.99.0.2", 8080) == "FAIL"
     assert vm.call("udp", "10.99.0.2", 53) == "FAIL"
     assert run("ping", "-c", "1", "-W", "1", vm.ip4, ns=LAN, check=False).returncode != 0
-    counters = topo.nft("list", "chain", "bridge", "qwamos", f"{vm.tap}-in")
-    assert "packets 0 " not in counters, counters
+    c = topo.counters(vm.tap)
+    assert c["drop_in"] > 0 and c["drop_out"] > 0 and c["acc_in"] == c["acc_out"] == 0, c
 
 
 def test_nat_passes_everything_unredirected(topo, vms):
@@ -293,14 +320,20 @@ def test_two_vms_do_not_affect_each_other(topo, vms):
 
 def test_reapply_is_idempotent_and_teardown_ignores_policy_changes(topo, vms):
     vm = vms[1]
-    vm.apply({"profile": "allowlist", "allow": [{"dest": "10.99.0.2", "ports": [8080]}]})
-    before = topo.nft("list", "table", "bridge", "qwamos")
-    vm.stage("reapply", {"profile": "allowlist", "allow": [{"dest": "10.99.0.2", "ports": [8080]}]})
-    assert topo.nft("list", "table", "bridge", "qwamos") == before
+    allow = {"profile": "allowlist", "allow": [{"dest": "10.99.0.2", "ports": [8080]}]}
+    vm.apply(allow, ips=[vm.ip4])
+    before = topo.elements(), topo.nft("list", "chain", "bridge", "qwamos", f"{vm.tap}-in")
+    vm.stage("reapply", allow, ips=[vm.ip4])
+    assert (topo.elements(), topo.nft("list", "chain", "bridge", "qwamos", f"{vm.tap}-in")) == before
+    # Re-applied with another profile and address: nothing of the old one is left.
+    vm.stage("reapply", {"profile": "nat"}, ips=[vm.ip6])
+    els = json.dumps(topo.elements())
+    assert vm.ip4 not in els and vm.ip6 in els and f"{vm.tap}-in" not in topo.nft("-a", "list", "ruleset")
+    assert topo.registered() == [vm.tap]
     # The policy now says something else entirely; teardown still removes what was installed.
     vm.stage("remove", {"profile": "isolated"})
-    assert vm.tap not in topo.nft("list", "table", "bridge", "qwamos")
-    assert vm.tap not in topo.nft("list", "table", "inet", "qwamos")
+    assert vm.tap not in json.dumps(topo.elements())
+    assert vm.tap not in topo.nft("list", "ruleset")
 
 
 def test_verify_checks_tap_master_against_policy(topo, vms):
@@ -343,9 +376,11 @@ def test_hook_killed_mid_apply_leaves_drop_in_place(topo, vms):
         reg = vm.tap in topo.registered()
         outcomes.add(reg)
         if reg:
-            # All or nothing: registered means the whole chain is there and works.
-            chain = topo.nft("list", "chain", "bridge", "qwamos", f"{vm.tap}-in")
-            assert "ether saddr !=" in chain and "accept" in chain
+            # All or nothing: registered means every element is there and works.
+            els = topo.elements()
+            assert vm.mac in " ".join(els["bridge mac"]) and vm.mac in " ".join(els["inet mac"])
+            # guard, p_nat, mac and 4 counters in each table, brmac in the bridge one
+            assert sum(f'"{vm.tap}"' in " ".join(v) for v in els.values()) == 2 * 7 + 1, els
             assert vm.ping("10.99.0.2")
         else:
             assert not vm.ping("10.99.0.2"), f"traffic flows after a kill at {delay:.3f}s"
@@ -359,9 +394,68 @@ def test_flushed_table_fails_closed_at_next_event(topo, vms):
     a.apply({"profile": "nat"})
     b.apply({"profile": "nat"})
     run("nft", "flush", "table", "bridge", "qwamos", ns=H)
-    # Next hook event re-asserts the kill switch; a's chain was emptied, so a drops until re-applied.
+    # Flushing removes rules, not sets: the next hook event (or fw reconcile)
+    # re-asserts every shared chain in one transaction, for all VMs at once.
+    assert "STALE" not in cli("status").stdout and cli("status").returncode == 1
     b.apply({"profile": "nat"})
-    assert b.ping("10.99.0.2")
-    assert not a.ping("10.99.0.2")
-    a.stage("reapply", {"profile": "nat"})
-    assert a.ping("10.99.0.2")
+    assert b.ping("10.99.0.2") and a.ping("10.99.0.2")
+    assert cli("status").returncode == 0
+
+
+def cli(*args):
+    return run(PY, "-m", "qwamos_hooks.cli", "fw", *args, ns=H, check=False)
+
+
+def test_cli_status_show_and_reconcile(topo, vms):
+    a, b = vms[1], vms[2]
+    a.apply({"profile": "nat"}, ips=[a.ip4])
+    b.apply({"profile": "isolated"})
+    assert cli("status").returncode == 0, cli("status").stdout
+    out = cli("show").stdout
+    assert a.name in out and b.name in out and "isolated" in out
+    a.ping("10.99.0.2")
+    shown = json.loads(cli("show", a.name, "--json").stdout)
+    assert shown["state"]["uuid"] == a.uuid and shown["counters"]["bridge"]["acc_in"] > 0
+    # A VM whose tap vanished without teardown, and a tap registered with no record.
+    run("ip", "link", "set", a.tap, "nomaster", ns=H)
+    run("ip", "link", "set", a.tap, "name", "qwgone0", ns=H)
+    run("nft", "add", "element", "bridge", "qwamos", "p_nat", "{ vnet999 }", ns=H)
+    try:
+        st = cli("status")
+        assert st.returncode == 1 and "no longer exist" in st.stdout and "vnet999" in st.stdout, st.stdout
+        r = cli("reconcile")
+        assert r.returncode == 0, r.stderr
+        assert topo.registered() == [b.tap]
+        assert cli("status").returncode == 0
+        assert b.call("tcp", "10.99.0.2", 8080) == "FAIL"  # b keeps its profile through reconcile
+    finally:
+        run("ip", "link", "set", "qwgone0", "name", a.tap, ns=H)
+        run("ip", "link", "set", a.tap, "master", "br0", "up", ns=H)
+    # After an upgrade: rebuild both tables in one transaction, recorded VMs re-registered.
+    assert cli("init", "--rebuild").returncode == 0
+    assert topo.registered() == [b.tap] and cli("status").returncode == 0
+    assert b.call("tcp", "10.99.0.2", 8080) == "FAIL"
+
+
+def test_custom_tap_name_is_dropped_from_prepare_on(topo, vms):
+    vm = vms[3]
+    custom = f"qwcust{SUF}"
+    orig = vm.tap
+    run("ip", "link", "set", orig, "down", ns=H)
+    run("ip", "link", "set", orig, "name", custom, ns=H)
+    run("ip", "link", "set", custom, "up", ns=H)
+    vm.tap = custom
+    try:
+        assert vm.ping("10.99.0.2"), "precondition: a tap named unlike vnet* is not caught by the patterns"
+        vm.stage("guard", {"profile": "nat"})  # prepare/begin: the XML names the tap before it exists
+        assert not vm.ping("10.99.0.2")
+        vm.apply({"profile": "nat"})
+        assert vm.ping("10.99.0.2")
+        vm.remove()
+        assert not vm.ping("10.99.0.2"), "a removed custom tap must stay dropped"
+    finally:
+        vm.tap = orig
+        run("ip", "link", "set", custom, "down", ns=H)
+        run("ip", "link", "set", custom, "name", orig, ns=H)
+        run("ip", "link", "set", orig, "up", ns=H)
+        run("nft", "delete", "element", "bridge", "qwamos", "guard", f"{{ {custom} }}", ns=H, check=False)

@@ -86,3 +86,12 @@ def test_nothing_checked_is_an_error(tmp_path):
     assert run("check")[0] == 2
     assert run("check", "--all", str(empty))[0] == 2
     assert run("check", empty / "missing.xml")[0] == 2
+
+
+def test_all_rules_off_is_not_a_pass(tmp_path):
+    from qwamos_hooks import rules
+
+    offs = "".join(f"  {r.id}: 'off'\n" for r in rules.all_rules())
+    pol = write_policy(tmp_path, f"version: 1\nprofiles: {{default: {{}}}}\nseverity:\n{offs}", "off.yaml")
+    code, _, err = run("--policy", pol, "check", write_tree(tmp_path))
+    assert code == 2 and "every rule is turned off" in err

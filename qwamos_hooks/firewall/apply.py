@@ -52,15 +52,40 @@ def ensure_tables(glob: dict) -> None:
     run(render.base_commands(glob))
 
 
+def tables_present() -> bool:
+    """Whether any of our tables exists."""
+    return any(query({"list": {"table": {"family": fam, "name": render.TABLE}}}) for fam in render.FAMILIES)
+
+
 def list_ruleset() -> list[dict]:
     return query({"list": {"ruleset": None}})
 
 
+def set_elements(family: str, name: str) -> list:
+    """Elements of one of our sets or maps as libnftables lists them ([] if absent)."""
+    for obj in query({"list": {"set": {"family": family, "table": render.TABLE, "name": name}}}) + \
+            query({"list": {"map": {"family": family, "table": render.TABLE, "name": name}}}):
+        body = obj.get("set") or obj.get("map") or {}
+        return list(body.get("elem") or ())
+    return []
+
+
 def registered_taps(family: str = "bridge") -> dict[str, str]:
-    """tap -> chain it jumps to, from the vm_in verdict map."""
+    """tap -> profile, from the membership sets and the allowlist map."""
     out = {}
-    for obj in query({"list": {"map": {"family": family, "table": render.TABLE, "name": render.MAP_IN}}}):
-        for elem in (obj.get("map") or {}).get("elem") or ():
-            key, verdict = elem
-            out[key] = (verdict.get("jump") or {}).get("target", "")
+    for prof, name in render.PROFILE_SETS.items():
+        for e in set_elements(family, name):
+            out[e] = prof
+    for e in set_elements(family, render.ALLOW_IN):
+        out[e[0]] = "allowlist"
+    return out
+
+
+def counters(family: str = "bridge") -> dict[str, dict[str, int]]:
+    """tap -> {acc_in: packets, drop_in: ..., acc_out: ..., drop_out: ...}."""
+    out: dict = {}
+    for name in render.COUNTERS:
+        for e in set_elements(family, name):
+            if isinstance(e, dict) and "elem" in e:
+                out.setdefault(e["elem"]["val"], {})[name] = e["elem"].get("counter", {}).get("packets", 0)
     return out

@@ -12,7 +12,12 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("init", help="create our nftables tables and the kill switch (idempotent)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="delete and rebuild our tables, re-registering recorded VMs, in one transaction "
+                        "(after an upgrade changed their layout)")
     p.set_defaults(func=cmd_init)
+    p = sub.add_parser("uninstall", help="delete our nftables tables (VM traffic is then unfiltered)")
+    p.set_defaults(func=cmd_uninstall)
     p = sub.add_parser("show", help="VMs with firewall rules; with VM, its rules")
     p.add_argument("vm", metavar="VM", nargs="?", help="domain name or UUID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -51,7 +56,11 @@ def cmd_init(args) -> int:
 
     try:
         glob = _global(args)
-        apply.ensure_tables(glob)
+        if args.rebuild:
+            r = reconcile(_paths(args).state_dir, glob, rebuild=True)
+            print(f"rebuilt; re-registered {len(r['applied'])} running VM(s)")
+        else:
+            apply.ensure_tables(glob)
     except PolicyError as exc:
         _err(str(exc))
         return 2
@@ -90,21 +99,40 @@ def cmd_show(args) -> int:
     if st is None:
         _err(f"no firewall state for VM '{args.vm}'")
         return 2
+    taps = [i["tap"] for i in st["interfaces"]]
+    counts = {fam: {} for fam in render.FAMILIES}
+    profiles = {fam: apply.registered_taps(fam) for fam in render.FAMILIES}
+    for fam in render.FAMILIES:
+        for tap, c in apply.counters(fam).items():
+            if tap in taps:
+                for k, v in c.items():
+                    counts[fam][k] = counts[fam].get(k, 0) + v
     chains = {}
-    for i in st["interfaces"]:
-        for fam in render.FAMILIES:
-            for c in render.chain_names(i["tap"]):
-                chains[f"{fam} {c}"] = apply.query(
-                    {"list": {"chain": {"family": fam, "table": render.TABLE, "name": c}}})
+    if st["profile"] == "allowlist":
+        for i in st["interfaces"]:
+            for fam in render.FAMILIES:
+                for c in render.allow_chains(i["tap"]):
+                    chains[f"{fam} {c}"] = apply.query(
+                        {"list": {"chain": {"family": fam, "table": render.TABLE, "name": c}}})
     if args.json:
-        print(json.dumps({"state": st, "chains": chains}, indent=1, sort_keys=True))
+        print(json.dumps({"state": st, "registered": {f: {t: profiles[f].get(t) for t in taps} for f in profiles},
+                          "counters": counts, "chains": chains}, indent=1, sort_keys=True))
         return 0
     print(f"{st['name']} {st['uuid']} profile {st['profile']}")
+    for i in st["interfaces"]:
+        addrs = ", ".join(i["ips4"] + i["ips6"]) or "any (none declared)"
+        print(f"  {i['tap']}: mac {i['mac']}, bridge {i['bridge'] or 'none (routed)'}, sources {addrs}, "
+              f"registered as {profiles['bridge'].get(i['tap']) or 'NOTHING (dropped)'}")
+    for fam in render.FAMILIES:
+        c = counts[fam]
+        print(f"  {fam} packets: from VM {c.get('acc_in', 0)} passed, {c.get('drop_in', 0)} dropped; "
+              f"to VM {c.get('acc_out', 0)} passed, {c.get('drop_out', 0)} dropped")
     for key, objs in chains.items():
         rules = [o["rule"] for o in objs if "rule" in o]
         print(f"  {key}: {'MISSING' if not objs else f'{len(rules)} rules'}")
         for r in rules:
             print(f"    {_expr_text(r['expr'])}")
+    print(f"  shared rules of profile {st['profile']}: nft list table bridge {render.TABLE}")
     return 0
 
 
@@ -153,17 +181,12 @@ def status_report(state_dir: str, glob: dict) -> dict:
     rep: dict = {"tables": {}, "killswitch": {}, "registered": {}, "vms": [], "stale": [], "foreign_drops": []}
     for fam in render.FAMILIES:
         rep["tables"][f"{fam} {render.TABLE}"] = (fam, render.TABLE) in ours
-    # Kill switch intact: each base chain holds exactly the rules we render for it.
-    want: dict = {}
-    for c in render.base_commands(glob):
-        r = c.get("add", {}).get("rule")
-        if r:
-            want.setdefault((r["family"], r["chain"]), 0)
-            want[(r["family"], r["chain"])] += 1
+    # Kill switch intact: each base and shared chain holds exactly the rules we render for it.
+    want = render.base_rule_counts(glob)
     have: dict = {}
     for o in ruleset:
         r = o.get("rule")
-        if r and r["table"] == render.TABLE:
+        if r and r["table"] == render.TABLE and r["family"] in render.FAMILIES:
             have[(r["family"], r["chain"])] = have.get((r["family"], r["chain"]), 0) + 1
     for key, n in want.items():
         rep["killswitch"][f"{key[0]} {key[1]}"] = "ok" if have.get(key, 0) == n else f"{have.get(key, 0)}/{n} rules"
@@ -250,38 +273,64 @@ def cmd_status(args) -> int:
     return 1 if bad else 0
 
 
-def reconcile(state_dir: str, glob: dict) -> dict:
-    """One transaction: base re-asserted; every recorded VM whose taps exist is
-    re-applied from its record; VMs whose taps are gone and taps registered
-    without a record are removed."""
+def _orphan_records(taps: set[str]) -> list[dict]:
+    """Interface records rebuilt from what the sets hold for taps nobody recorded,
+    so their elements (MAC, addresses, bridge MAC) can be deleted exactly."""
+    from . import apply
+
+    recs = {t: {"tap": t, "mac": None, "ips4": [], "ips6": [], "bridge_mac": None} for t in taps}
+    for e in apply.set_elements("bridge", "mac"):
+        t, v = e["concat"]
+        if t in recs:
+            recs[t]["mac"] = v
+    for name, key in (("src4", "ips4"), ("src6", "ips6")):
+        for e in apply.set_elements("bridge", name) + apply.set_elements("inet", name):
+            t, v = e["concat"]
+            if t in recs and v not in recs[t][key]:
+                recs[t][key].append(v)
+    for t, v in apply.set_elements("bridge", "brmac"):
+        if t in recs:
+            recs[t]["bridge_mac"] = v
+    return [r if r["mac"] else r["tap"] for r in recs.values()]
+
+
+def reconcile(state_dir: str, glob: dict, rebuild: bool = False) -> dict:
+    """One transaction: every shared chain re-asserted; every recorded VM whose
+    taps exist re-applied from its record; VMs whose taps are gone, and taps
+    registered without a record, removed."""
     from . import apply, render, state
 
-    cmds = render.base_commands(glob)
-    keep, dropped_vms, orphan = [], [], []
-    recorded = set()
+    keep, dropped_vms = [], []
+    recorded: set[str] = set()
+    cmds = []
+    if rebuild and apply.tables_present():
+        cmds += [{"delete": {"table": {"family": f, "name": render.TABLE}}} for f in render.FAMILIES
+                 if apply.query({"list": {"table": {"family": f, "name": render.TABLE}}})]
+    cmds += render.base_commands(glob)
     for st in state.all_vms(state_dir):
         taps = [i["tap"] for i in st["interfaces"]]
-        owned = [t for t in taps if state.tap_owner(state_dir, t) in (None, st["uuid"])]
+        owned = [i for i in list(st["interfaces"]) + list(st.get("stale", ()))
+                 if state.tap_owner(state_dir, i["tap"]) in (None, st["uuid"])]
         if taps and all(os.path.exists(f"/sys/class/net/{t}") for t in taps):
-            cmds += render.vm_commands(st, glob)
+            cmds += render.remove_commands(st.get("stale", ())) + render.vm_commands(st, glob)
             keep.append(st)
             recorded.update(taps)
         else:
             cmds += render.remove_commands(owned)
             dropped_vms.append(st)
-    for fam in render.FAMILIES:
-        for t in apply.registered_taps(fam):
-            if t not in recorded and t not in orphan:
-                orphan.append(t)
-    cmds += render.remove_commands([t for t in orphan if t not in {i["tap"] for s in dropped_vms
-                                                                  for i in s["interfaces"]}])
+    seen = set()
+    for fam in render.FAMILIES if not rebuild else ():
+        seen |= set(apply.registered_taps(fam)) | set(apply.counters(fam))
+    dropped_taps = {i["tap"] for s in dropped_vms for i in s["interfaces"]}
+    orphans = sorted(seen - recorded - dropped_taps)
+    cmds += render.remove_commands(_orphan_records(set(orphans)))
     apply.run(cmds)
     for st in dropped_vms:
-        for i in st["interfaces"]:
+        for i in list(st["interfaces"]) + list(st.get("stale", ())):
             state.release_tap(state_dir, i["tap"], st["uuid"])
         state.delete(state_dir, st["uuid"])
     return {"applied": [s["name"] for s in keep], "removed": [s["name"] for s in dropped_vms],
-            "orphans": sorted(orphan)}
+            "orphans": orphans}
 
 
 def cmd_reconcile(args) -> int:
@@ -300,4 +349,18 @@ def cmd_reconcile(args) -> int:
         return 1
     print(f"re-applied {len(r['applied'])} VM(s); removed {len(r['removed'])} stopped VM(s) "
           f"{', '.join(r['removed'])}; removed {len(r['orphans'])} orphan tap(s) {', '.join(r['orphans'])}")
+    return 0
+
+
+def cmd_uninstall(args) -> int:
+    from . import apply, render
+
+    cmds = [{"delete": {"table": {"family": f, "name": render.TABLE}}} for f in render.FAMILIES
+            if apply.query({"list": {"table": {"family": f, "name": render.TABLE}}})]
+    try:
+        apply.run(cmds)
+    except apply.NftError as exc:
+        _err(f"could not delete tables: {exc}")
+        return 1
+    print(f"deleted {len(cmds)} table(s)")
     return 0

@@ -4,16 +4,29 @@ Two tables are ours and nothing else is touched:
 
 - ``bridge qwamos`` filters every frame a VM sends or receives through a bridge
   port (prerouting sees the tap as ``iifname``, postrouting as ``oifname``);
-- ``inet qwamos`` does the same for taps routed by the host (no bridge), and
-  holds the Tor NAT and the reply marking, which need conntrack.
+- ``inet qwamos`` does the same for taps the host routes (no bridge), and holds
+  the Tor NAT and the reply marking, which need conntrack.
 
-Each base chain dispatches through a verdict map keyed by interface name, so
-the per-packet cost does not grow with the number of VMs. After the map come
-the kill-switch rules: any ``vnet*`` / ``macvtap*`` interface, or any name in
-the ``guard`` set (custom tap names taken from domain XML), is dropped unless
-the map sent it to its own chain, which always ends with a verdict.
+The rules are data-driven. A VM event adds or deletes set elements only (and,
+for the allowlist profile, the VM's own two chains); the chains themselves are
+shared by every VM and do not change with the number of VMs:
 
-Every base chain has policy accept: we only ever drop VM traffic.
+- membership sets ``p_isolated``, ``p_nat``, ``p_tor`` and the verdict maps
+  ``allow_in`` / ``allow_out`` (tap -> its allowlist chain) pick the profile;
+- ``mac`` (tap . MAC), ``src4`` / ``src6`` (tap . address) and ``declared`` hold
+  what anti-spoofing checks; ``brmac`` (tap -> bridge MAC) serves the Tor
+  redirect of bridged frames;
+- ``acc_in`` / ``drop_in`` / ``acc_out`` / ``drop_out`` count packets per tap.
+
+After the dispatch come the kill-switch rules: any ``vnet*`` / ``macvtap*``
+interface, or any name in ``guard`` (custom tap names taken from domain XML),
+is dropped unless a profile chain took it, and every profile chain ends with a
+verdict. Every base chain has policy accept: we only ever drop VM traffic.
+
+Per-VM rules use no anonymous sets and per-VM chains only for allowlists:
+libnftables refreshes its cache of the table's chains and of every set's
+elements before a transaction, so per-VM chains or thousands of small anonymous
+sets would make each VM event slower as VMs are added.
 """
 
 from __future__ import annotations
@@ -22,14 +35,14 @@ import ipaddress
 
 TABLE = "qwamos"
 FAMILIES = ("bridge", "inet")
-MAP_IN = "vm_in"  # ifname -> jump <tap>-in   (traffic from the VM)
-MAP_OUT = "vm_out"  # ifname -> jump <tap>-out (traffic to the VM)
-GUARD = "guard"  # ifnames that are dropped unless registered
 TAP_PATTERNS = ("vnet*", "macvtap*")
+GUARD = "guard"
+PROFILE_SETS = {"isolated": "p_isolated", "nat": "p_nat", "tor": "p_tor"}
+ALLOW_IN, ALLOW_OUT = "allow_in", "allow_out"
+COUNTERS = ("acc_in", "drop_in", "acc_out", "drop_out")
 
-# Base chain names. Priorities: bridge filters run before libvirt's or anyone
-# else's bridge rules could forward; inet pre runs after conntrack (-200) and
-# before DNAT (-100) so the ct mark is set before the redirect.
+# Base chains. Bridge filters run first on the bridge hooks; inet pre runs after
+# conntrack (-200) and before DNAT (-100), so the ct mark is set before the redirect.
 BASE_CHAINS = {
     "bridge": (
         ("pre", "filter", "prerouting", -300),
@@ -42,6 +55,8 @@ BASE_CHAINS = {
         ("post", "filter", "postrouting", -150),
     ),
 }
+SHARED_CHAINS = ("deny_in", "pass_in", "deny_out", "pass_out", "spoof",
+                 "isolated_in", "isolated_out", "nat_in", "nat_out", "tor_in", "tor_out")
 
 DEFAULT_GLOBAL = {
     "tor": {"trans_port": 9040, "dns_port": 5353, "address": None, "address6": None},
@@ -94,6 +109,8 @@ def allow_entries(section: dict | None) -> list[dict]:
             n = ipaddress.ip_network(d, strict=False)
             (nets4 if n.version == 4 else nets6).append(str(n))
         ports = [str(p) for p in (e.get("ports") or ())]
+        for p in ports:
+            _port(p)  # validates
         proto = e.get("proto") or ("tcp+udp" if ports else "any")
         if proto == "any" and ports:
             raise ValueError("allow entry with ports needs proto tcp, udp or tcp+udp")
@@ -101,6 +118,7 @@ def allow_entries(section: dict | None) -> list[dict]:
     return out
 
 
+# --- expression helpers --------------------------------------------------------
 # --- expression helpers --------------------------------------------------------
 
 
@@ -116,8 +134,8 @@ def _meta(key):
     return {"meta": {"key": key}}
 
 
-def _set(values):
-    return {"set": list(values)}
+def _concat(*parts):
+    return {"concat": list(parts)}
 
 
 def _addr(a: str):
@@ -129,8 +147,12 @@ def _addr(a: str):
 
 def _port(p: str):
     if "-" in str(p):
-        lo, hi = str(p).split("-", 1)
-        return {"range": [int(lo), int(hi)]}
+        lo, hi = (int(x) for x in str(p).split("-", 1))
+        if not 0 < lo <= hi <= 65535:
+            raise ValueError(f"bad port range {p!r}")
+        return {"range": [lo, hi]}
+    if not 0 < int(p) <= 65535:
+        raise ValueError(f"bad port {p!r}")
     return int(p)
 
 
@@ -148,43 +170,88 @@ def _ctmark_or(bit):
 
 ACCEPT = {"accept": None}
 DROP = {"drop": None}
+RETURN = {"return": None}
 COUNTER = {"counter": None}
+# Verdicts go through small shared chains that count per tap: a lookup in a set
+# with a counter per element counts the packet on the tap's element.
+DROP_IN = [{"goto": {"target": "deny_in"}}]
+ACCEPT_IN = [{"goto": {"target": "pass_in"}}]
+DROP_OUT = [{"goto": {"target": "deny_out"}}]
+ACCEPT_OUT = [{"goto": {"target": "pass_out"}}]
+VERDICT_CHAINS = {"deny_in": ("iifname", "drop_in", DROP), "pass_in": ("iifname", "acc_in", ACCEPT),
+                  "deny_out": ("oifname", "drop_out", DROP), "pass_out": ("oifname", "acc_out", ACCEPT)}
 
 
 def _cmd(verb, kind, body):
     return {verb: {kind: body}}
 
 
-def chain_names(tap: str) -> tuple[str, str]:
+def _t(fam):
+    return {"family": fam, "table": TABLE}
+
+
+def allow_chains(tap: str) -> tuple[str, str]:
     return f"{tap}-in", f"{tap}-out"
 
 
-# --- the base skeleton ---------------------------------------------------------
+# --- the skeleton: tables, sets, shared chains -----------------------------------
+
+
+def _sets(fam: str) -> list[dict]:
+    out = []
+    for name in [GUARD, "declared"] + sorted(PROFILE_SETS.values()):
+        out.append(_cmd("add", "set", {**_t(fam), "name": name, "type": "ifname"}))
+    for name, typ in (("mac", ["ifname", "ether_addr"]), ("src4", ["ifname", "ipv4_addr"]),
+                      ("src6", ["ifname", "ipv6_addr"])):
+        out.append(_cmd("add", "set", {**_t(fam), "name": name, "type": typ}))
+    for name in COUNTERS:
+        out.append(_cmd("add", "set", {**_t(fam), "name": name, "type": "ifname",
+                                       "stmt": [{"counter": None}]}))
+    for name in (ALLOW_IN, ALLOW_OUT):
+        out.append(_cmd("add", "map", {**_t(fam), "name": name, "type": "ifname", "map": "verdict"}))
+    if fam == "bridge":
+        out.append(_cmd("add", "map", {**_t(fam), "name": "brmac", "type": "ifname", "map": "ether_addr"}))
+    return out
 
 
 def base_commands(glob: dict) -> list[dict]:
-    """Idempotent: tables, maps, sets and base chains are added (no-op if present),
-    then each base chain is flushed and refilled in the same transaction, so a
-    chain someone flushed gets its kill switch back with no window."""
+    """Idempotent: tables, sets and chains are added (no-op if present), then
+    every chain of ours except the allowlist ones is flushed and refilled in the
+    same transaction, so a chain someone flushed gets its rules back with no window."""
     cmds: list[dict] = []
     for fam in FAMILIES:
         cmds.append(_cmd("add", "table", {"family": fam, "name": TABLE}))
-        for name in (MAP_IN, MAP_OUT):
-            cmds.append(_cmd("add", "map", {"family": fam, "table": TABLE, "name": name,
-                                             "type": "ifname", "map": "verdict"}))
-        cmds.append(_cmd("add", "set", {"family": fam, "table": TABLE, "name": GUARD, "type": "ifname"}))
+        cmds += _sets(fam)
+        for name in SHARED_CHAINS:
+            cmds.append(_cmd("add", "chain", {**_t(fam), "name": name}))
         for name, ctype, hook, prio in BASE_CHAINS[fam]:
-            cmds.append(_cmd("add", "chain", {"family": fam, "table": TABLE, "name": name,
-                                               "type": ctype, "hook": hook, "prio": prio,
-                                               "policy": "accept"}))
-            cmds.append(_cmd("flush", "chain", {"family": fam, "table": TABLE, "name": name}))
-            for expr in _base_rules(fam, name, glob):
-                cmds.append(_cmd("add", "rule", {"family": fam, "table": TABLE, "chain": name, "expr": expr}))
+            cmds.append(_cmd("add", "chain", {**_t(fam), "name": name, "type": ctype, "hook": hook,
+                                               "prio": prio, "policy": "accept"}))
+        chains = {name: _shared_rules(fam, name, glob) for name in SHARED_CHAINS}
+        chains.update({name: _base_rules(fam, name, glob) for name, *_ in BASE_CHAINS[fam]})
+        for name in chains:
+            cmds.append(_cmd("flush", "chain", {**_t(fam), "name": name}))
+        for name, rules in chains.items():
+            for expr in rules:
+                cmds.append(_cmd("add", "rule", {**_t(fam), "chain": name, "expr": expr}))
     return cmds
 
 
-def _killswitch(key: str) -> list[list]:
-    rules = [[_m(_meta(key), pat), COUNTER, DROP] for pat in TAP_PATTERNS]
+def base_rule_counts(glob: dict) -> dict[tuple[str, str], int]:
+    """(family, chain) -> how many rules base_commands puts there (for `fw status`)."""
+    out: dict = {}
+    for c in base_commands(glob):
+        r = c.get("add", {}).get("rule")
+        if r:
+            out[(r["family"], r["chain"])] = out.get((r["family"], r["chain"]), 0) + 1
+    return out
+
+
+def _dispatch(key: str, direction: str) -> list[list]:
+    rules = [[_m(_meta(key), "@" + s), {"jump": {"target": f"{p}_{direction}"}}]
+             for p, s in PROFILE_SETS.items()]
+    rules.append([{"vmap": {"key": _meta(key), "data": "@" + (ALLOW_IN if direction == "in" else ALLOW_OUT)}}])
+    rules += [[_m(_meta(key), pat), COUNTER, DROP] for pat in TAP_PATTERNS]
     rules.append([_m(_meta(key), "@" + GUARD), COUNTER, DROP])
     return rules
 
@@ -192,8 +259,7 @@ def _killswitch(key: str) -> list[list]:
 def _base_rules(fam: str, chain: str, glob: dict) -> list[list]:
     tor, rep = glob["marks"]["tor"], glob["marks"]["reply"]
     if chain == "pre":
-        rules = [[{"vmap": {"key": _meta("iifname"), "data": "@" + MAP_IN}}]]
-        rules += _killswitch("iifname")
+        rules = _dispatch("iifname", "in")
         if fam == "inet":
             # Remember in conntrack which connections a filtered VM opened, so
             # their replies can be told apart on the way back (see post).
@@ -202,14 +268,9 @@ def _base_rules(fam: str, chain: str, glob: dict) -> list[list]:
     if chain == "post":
         rules = []
         if fam == "inet":
-            rules += [
-                [_m({"ct": {"key": "direction"}}, "reply"), _m({"&": [{"ct": {"key": "mark"}}, bit]}, bit),
-                 _mark_or(bit)]
-                for bit in (tor, rep)
-            ]
-        rules.append([{"vmap": {"key": _meta("oifname"), "data": "@" + MAP_OUT}}])
-        rules += _killswitch("oifname")
-        return rules
+            rules += [[_m({"ct": {"key": "direction"}}, "reply"),
+                       _m({"&": [{"ct": {"key": "mark"}}, bit]}, bit), _mark_or(bit)] for bit in (tor, rep)]
+        return rules + _dispatch("oifname", "out")
     if chain == "fwd":
         # Traffic of a Tor VM is only ever delivered locally (to Tor); never route it.
         return [[_mark_is(tor), COUNTER, DROP]]
@@ -222,9 +283,9 @@ def _tor_nat_rules(glob: dict) -> list[list]:
     t = glob["tor"]
     bit = glob["marks"]["tor"]
     rules = []
-    dns = [_m(_meta("l4proto"), _set(["tcp", "udp"])), _m(_p("th", "dport"), 53)]
+    dns = [[_m(_p("udp", "dport"), 53)], [_m(_p("tcp", "dport"), 53)]]
     for nfproto, fam, addr in (("ipv4", "ip", t.get("address")), ("ipv6", "ip6", t.get("address6"))):
-        targets = [(dns, t["dns_port"])]
+        targets = [(m, t["dns_port"]) for m in dns]
         if nfproto == "ipv4":
             targets.append(([_m(_meta("l4proto"), "tcp")], t["trans_port"]))
         for match, port in targets:
@@ -236,189 +297,223 @@ def _tor_nat_rules(glob: dict) -> list[list]:
     return rules
 
 
+def _spoof_rules(fam: str) -> list[list]:
+    """Anti-spoofing, shared by every VM; what each tap may use is in the sets."""
+    ifn = _meta("iifname")
+    rules = [[_m(_concat(ifn, _p("ether", "saddr")), "@mac", "!=")] + DROP_IN]
+    if fam == "bridge":
+        rules.append([_m(_concat(ifn, _p("arp", "saddr ether")), "@mac", "!=")] + DROP_IN)
+    # A guest must not act as a DHCP server or a router.
+    for port in (DHCP4_SERVER, DHCP6_SERVER):
+        rules.append([_m(_p("udp", "sport"), port)] + DROP_IN)
+    for t in ("nd-router-advert", "nd-redirect"):
+        rules.append([_m(_p("icmpv6", "type"), t)] + DROP_IN)
+    # A guest with no address yet speaks DHCP from 0.0.0.0; the profile decides.
+    rules.append([_m(_p("ip", "saddr"), "0.0.0.0"), _m(_p("udp", "sport"), DHCP4_CLIENT),
+                  _m(_p("udp", "dport"), DHCP4_SERVER), RETURN])
+    rules.append([_m(ifn, "@declared", "!="), _m(_p("ip", "saddr"), "0.0.0.0")] + DROP_IN)
+    rules.append([_m(ifn, "@declared", "!="), RETURN])
+    # Addresses declared (policy or <ip>): ARP, IPv4 and IPv6 sources limited to them.
+    # 0.0.0.0 is the sender of an ARP probe (RFC 5227); :: of duplicate address
+    # detection; link-local is needed for NDP.
+    if fam == "bridge":
+        rules.append([_m(_p("arp", "saddr ip"), "0.0.0.0", "!="),
+                      _m(_concat(ifn, _p("arp", "saddr ip")), "@src4", "!=")] + DROP_IN)
+    rules.append([_m(_meta("protocol"), "ip"), _m(_concat(ifn, _p("ip", "saddr")), "@src4", "!=")] + DROP_IN)
+    rules.append([_m(_p("ip6", "saddr"), "::", "!="), _m(_p("ip6", "saddr"), _addr("fe80::/10"), "!="),
+                  _m(_concat(ifn, _p("ip6", "saddr")), "@src6", "!=")] + DROP_IN)
+    return rules
+
+
+def _dhcp_nd_from_vm(fam: str) -> list[list]:
+    rules = [[_m(_p("ether", "type"), "arp")] + ACCEPT_IN] if fam == "bridge" else []
+    return rules + [
+        [_m(_p("udp", "sport"), DHCP4_CLIENT), _m(_p("udp", "dport"), DHCP4_SERVER)] + ACCEPT_IN,
+        [_m(_p("udp", "sport"), DHCP6_CLIENT), _m(_p("udp", "dport"), DHCP6_SERVER)] + ACCEPT_IN,
+    ] + [[_m(_p("icmpv6", "type"), t)] + ACCEPT_IN for t in ND_FROM_VM]
+
+
+def _dhcp_nd_to_vm(fam: str) -> list[list]:
+    rules = [[_m(_p("ether", "type"), "arp")] + ACCEPT_OUT] if fam == "bridge" else []
+    return rules + [
+        [_m(_p("udp", "sport"), DHCP4_SERVER), _m(_p("udp", "dport"), DHCP4_CLIENT)] + ACCEPT_OUT,
+        [_m(_p("udp", "sport"), DHCP6_SERVER), _m(_p("udp", "dport"), DHCP6_CLIENT)] + ACCEPT_OUT,
+    ] + [[_m(_p("icmpv6", "type"), t)] + ACCEPT_OUT for t in ND_TO_VM]
+
+
+def _shared_rules(fam: str, chain: str, glob: dict) -> list[list]:
+    spoof = [{"jump": {"target": "spoof"}}]
+    if chain in VERDICT_CHAINS:
+        key, counter, verdict = VERDICT_CHAINS[chain]
+        return [[_m(_meta(key), "@" + counter), COUNTER, verdict], [COUNTER, verdict]]
+    if chain == "spoof":
+        return _spoof_rules(fam)
+    if chain == "isolated_in":
+        return [DROP_IN]
+    if chain == "isolated_out":
+        return [DROP_OUT]
+    if chain == "nat_in":
+        return [spoof, ACCEPT_IN]
+    if chain == "nat_out":
+        return [ACCEPT_OUT]
+    if chain == "tor_in":
+        to_tor = [_mark_or(glob["marks"]["tor"])]
+        if fam == "bridge":
+            # Hand the frame to the host's IP stack (where Tor listens) whatever
+            # its destination MAC; the inet table then redirects it by mark. A
+            # tap with no bridge MAC recorded fails the map lookup: dropped below.
+            to_tor += [{"mangle": {"key": _p("ether", "daddr"),
+                                   "value": {"map": {"key": _meta("iifname"), "data": "@brmac"}}}},
+                       {"mangle": {"key": _meta("pkttype"), "value": "host"}}]
+        to_tor += ACCEPT_IN
+        return [spoof] + _dhcp_nd_from_vm(fam) + [
+            [_m(_p("udp", "dport"), 53), COUNTER] + to_tor,
+            [_m(_p("tcp", "dport"), 53), COUNTER] + to_tor,
+            # All other TCP goes to the TransPort; IPv6 carries DNS only.
+            [_m(_p("ip", "protocol"), "tcp"), COUNTER] + to_tor,
+            DROP_IN,
+        ]
+    if chain == "tor_out":
+        # Only replies of connections Tor answered (marked from conntrack in inet post).
+        return _dhcp_nd_to_vm(fam) + [[_mark_is(glob["marks"]["tor"])] + ACCEPT_OUT, DROP_OUT]
+    raise ValueError(chain)
+
+
 # --- one VM ----------------------------------------------------------------------
 
 
-def vm_commands(vm: dict, glob: dict) -> list[dict]:
-    """Install or replace the chains of every tap of one VM and register them in
-    the verdict maps. Chains are named after the tap, so the map elements never
-    change value and re-applying is idempotent."""
-    cmds: list[dict] = []
-    for iface in vm["interfaces"]:
-        tap = iface["tap"]
-        cin, cout = chain_names(tap)
-        comment = f"{vm['uuid']} {vm['name']}"[:120]
-        for fam in FAMILIES:
-            t = {"family": fam, "table": TABLE}
-            cmds.append(_cmd("add", "element", {**t, "name": GUARD, "elem": [tap]}))
-            for cname, rules in ((cin, rules_from_vm(fam, vm, iface, glob)),
-                                 (cout, rules_to_vm(fam, vm, iface, glob))):
-                cmds.append(_cmd("add", "chain", {**t, "name": cname}))
-                cmds.append(_cmd("flush", "chain", {**t, "name": cname}))
-                for expr in rules:
-                    cmds.append(_cmd("add", "rule", {**t, "chain": cname, "expr": expr, "comment": comment}))
-            cmds.append(_cmd("add", "element", {**t, "name": MAP_IN, "elem": [[tap, {"jump": {"target": cin}}]]}))
-            cmds.append(_cmd("add", "element", {**t, "name": MAP_OUT, "elem": [[tap, {"jump": {"target": cout}}]]}))
+def _allow_matches(vm: dict, addr_field: str, port_field: str) -> list[list]:
+    """One match list per (destination, protocol, port or range) of the allowlist."""
+    out = []
+    for e in vm.get("allow") or ():
+        protos = {"tcp+udp": ["tcp", "udp"], "any": [None]}.get(e["proto"], [e["proto"]])
+        for fam, key in (("ip", "dest4"), ("ip6", "dest6")):
+            for net in e[key]:
+                for proto in protos:
+                    for port in (e["ports"] or [None]) if proto else [None]:
+                        m = [_m(_p(fam, addr_field), _addr(net))]
+                        if proto:
+                            m.append(_m(_meta("l4proto"), proto))
+                        if port is not None:
+                            m.append(_m(_p(proto, port_field), _port(port)))
+                        out.append(m)
+    return out
+
+
+def allowlist_rules(fam: str, vm: dict, glob: dict) -> tuple[list[list], list[list]]:
+    """The two chains of an allowlist VM: (from the VM, to the VM)."""
+    bit = glob["marks"]["reply"]
+    rin = [[{"jump": {"target": "spoof"}}]] + _dhcp_nd_from_vm(fam)
+    for head in _allow_matches(vm, "daddr", "dport"):
+        rin.append(head + [COUNTER, _mark_or(bit)] + ACCEPT_IN)
+    rin.append(DROP_IN)
+    rout = _dhcp_nd_to_vm(fam) + [[_mark_is(bit)] + ACCEPT_OUT]
+    # Bridged replies never meet the host's conntrack: match them statelessly.
+    for head in _allow_matches(vm, "saddr", "sport"):
+        rout.append(head + [COUNTER] + ACCEPT_OUT)
+    rout.append(DROP_OUT)
+    return rin, rout
+
+
+def _elements(fam: str, iface: dict, counters: bool = True) -> list[tuple[str, object]]:
+    """(set, element) pairs that describe one tap, except its profile membership."""
+    tap = iface["tap"]
+    out = [(GUARD, tap), ("mac", {"concat": [tap, iface["mac"]]})]
+    out += [("src4", {"concat": [tap, a]}) for a in iface.get("ips4") or ()]
+    out += [("src6", {"concat": [tap, a]}) for a in iface.get("ips6") or ()]
+    if iface.get("ips4") or iface.get("ips6"):
+        out.append(("declared", tap))
+    if fam == "bridge" and iface.get("bridge_mac"):
+        out.append(("brmac", [tap, iface["bridge_mac"]]))
+    if counters:
+        out += [(c, tap) for c in COUNTERS]
+    return out
+
+
+def _add_del(fam: str, name: str, elem) -> list[dict]:
+    """Delete an element whether or not it exists: add (a no-op when present), then delete."""
+    key = elem[0] if isinstance(elem, list) else elem
+    return [_cmd("add", "element", {**_t(fam), "name": name, "elem": [elem]}),
+            _cmd("delete", "element", {**_t(fam), "name": name, "elem": [key]})]
+
+
+def _unallow(fam: str, tap: str) -> list[dict]:
+    """Drop a tap's allowlist chains and map entries, whether or not they exist."""
+    cmds = []
+    chains = allow_chains(tap)
+    for c in chains:
+        cmds.append(_cmd("add", "chain", {**_t(fam), "name": c}))
+    for m, c in zip((ALLOW_IN, ALLOW_OUT), chains):
+        cmds += _add_del(fam, m, [tap, {"jump": {"target": c}}])
+    for c in chains:
+        cmds.append(_cmd("flush", "chain", {**_t(fam), "name": c}))
+        cmds.append(_cmd("delete", "chain", {**_t(fam), "name": c}))
     return cmds
 
 
-def remove_commands(taps, keep_guard: bool = False) -> list[dict]:
-    """Unregister taps and delete their chains, idempotently: each object is added
-    (a no-op when present) before it is deleted, in one transaction."""
+def vm_commands(vm: dict, glob: dict) -> list[dict]:
+    """Register every tap of one VM: its facts into the sets, then its profile.
+    Re-applying the same record is idempotent; to change a record, precede this
+    with remove_commands(old record) in the same transaction."""
     cmds: list[dict] = []
-    for tap in sorted(taps):
-        cin, cout = chain_names(tap)
+    prof = vm["profile"]
+    comment = f"{vm['uuid']} {vm['name']}"[:120]
+    for iface in vm["interfaces"]:
+        tap = iface["tap"]
         for fam in FAMILIES:
-            t = {"family": fam, "table": TABLE}
-            for m, c in ((MAP_IN, cin), (MAP_OUT, cout)):
-                cmds.append(_cmd("add", "chain", {**t, "name": c}))
-                cmds.append(_cmd("add", "element", {**t, "name": m, "elem": [[tap, {"jump": {"target": c}}]]}))
-                cmds.append(_cmd("delete", "element", {**t, "name": m, "elem": [tap]}))
-            for c in (cin, cout):
-                cmds.append(_cmd("flush", "chain", {**t, "name": c}))
-                cmds.append(_cmd("delete", "chain", {**t, "name": c}))
-            if not keep_guard:
-                cmds.append(_cmd("add", "element", {**t, "name": GUARD, "elem": [tap]}))
-                cmds.append(_cmd("delete", "element", {**t, "name": GUARD, "elem": [tap]}))
+            for name, elem in _elements(fam, iface):
+                cmds.append(_cmd("add", "element", {**_t(fam), "name": name, "elem": [elem]}))
+            for p, s in PROFILE_SETS.items():
+                if p != prof:
+                    cmds += _add_del(fam, s, tap)
+            if prof == "allowlist":
+                cin, cout = allow_chains(tap)
+                rin, rout = allowlist_rules(fam, vm, glob)
+                for c, rules in ((cin, rin), (cout, rout)):
+                    cmds.append(_cmd("add", "chain", {**_t(fam), "name": c}))
+                    cmds.append(_cmd("flush", "chain", {**_t(fam), "name": c}))
+                    for expr in rules:
+                        cmds.append(_cmd("add", "rule", {**_t(fam), "chain": c, "expr": expr, "comment": comment}))
+                cmds.append(_cmd("add", "element", {**_t(fam), "name": ALLOW_IN,
+                                                    "elem": [[tap, {"jump": {"target": cin}}]]}))
+                cmds.append(_cmd("add", "element", {**_t(fam), "name": ALLOW_OUT,
+                                                    "elem": [[tap, {"jump": {"target": cout}}]]}))
+            else:
+                cmds.append(_cmd("add", "element", {**_t(fam), "name": PROFILE_SETS[prof], "elem": [tap]}))
+    return cmds
+
+
+def remove_commands(ifaces, counters: bool = True, guard: bool = True, allowlist: bool = True) -> list[dict]:
+    """Unregister taps and delete every element the records name, idempotently.
+
+    ifaces: interface records as in vm_state() (a bare tap name removes what
+    needs no value: profile, allowlist chains, counters, guard). allowlist=False
+    when the record says the VM had none: deleting chains makes the kernel wait
+    for the previous transaction's rules to be freed, so skip it when we can."""
+    cmds: list[dict] = []
+    recs = [{"tap": i} if isinstance(i, str) else i for i in ifaces]
+    for iface in sorted(recs, key=lambda r: r["tap"]):
+        tap = iface["tap"]
+        for fam in FAMILIES:
+            for s in PROFILE_SETS.values():
+                cmds += _add_del(fam, s, tap)
+            if allowlist or "mac" not in iface:
+                cmds += _unallow(fam, tap)
+            elems = _elements(fam, iface, counters) if "mac" in iface else (
+                [(c, tap) for c in COUNTERS] if counters else []) + [(GUARD, tap)]
+            for name, elem in elems:
+                # A custom tap name stays guarded: the domain may start again under
+                # the same name, and vnet*/macvtap* need no entry.
+                if name == GUARD and (not guard or not tap.startswith(("vnet", "macvtap"))):
+                    continue
+                cmds += _add_del(fam, name, elem)
     return cmds
 
 
 def guard_commands(names) -> list[dict]:
     """Put custom tap names on the kill-switch list before the tap exists."""
-    cmds = []
-    for fam in FAMILIES:
-        for n in sorted(names):
-            cmds.append(_cmd("add", "element", {"family": fam, "table": TABLE, "name": GUARD, "elem": [n]}))
-    return cmds
-
-
-def _antispoof(fam: str, iface: dict) -> list[list]:
-    mac = iface["mac"]
-    v4, v6 = iface.get("ips4") or [], iface.get("ips6") or []
-    declared = bool(v4 or v6)
-    rules = [[_m(_p("ether", "saddr"), mac, "!="), COUNTER, DROP]]
-    if fam == "bridge":
-        rules.append([_m(_p("arp", "saddr ether"), mac, "!="), COUNTER, DROP])
-        if declared:
-            # 0.0.0.0 is the sender of an ARP probe (RFC 5227) before an address is taken.
-            rules.append([_m(_p("arp", "saddr ip"), _set(["0.0.0.0"] + v4), "!="), COUNTER, DROP])
-    # A guest must not act as a DHCP server or a router.
-    rules.append([_m(_p("udp", "sport"), _set([DHCP4_SERVER, DHCP6_SERVER])), COUNTER, DROP])
-    rules.append([_m(_p("icmpv6", "type"), _set(["nd-router-advert", "nd-redirect"])), COUNTER, DROP])
-    # A guest with no address yet speaks DHCP from 0.0.0.0 (every profile that
-    # gets here allows DHCP); any other unspecified source is dropped.
-    rules.append([_m(_p("ip", "saddr"), "0.0.0.0"), _m(_p("udp", "sport"), DHCP4_CLIENT),
-                  _m(_p("udp", "dport"), DHCP4_SERVER), COUNTER, ACCEPT])
-    if not declared:
-        rules.append([_m(_p("ip", "saddr"), "0.0.0.0"), COUNTER, DROP])
-    elif v4:
-        rules.append([_m(_p("ip", "saddr"), _set(v4), "!="), COUNTER, DROP])
-    else:
-        rules.append([_m(_p("ip", "version"), 4), COUNTER, DROP])
-    if declared:
-        # :: is the source of duplicate address detection; link-local is needed for NDP.
-        rules.append([_m(_p("ip6", "saddr"), _set(["::", {"prefix": {"addr": "fe80::", "len": 10}}] + v6), "!="),
-                      COUNTER, DROP])
-        # A neighbour advertisement claims its target address: limit it too
-        # (raw payload: this nft has no icmpv6 taddr; the target sits at bit 64).
-        target = {"payload": {"base": "th", "offset": 64, "len": 128}}
-        claim = [_m(_p("icmpv6", "type"), "nd-neighbor-advert"),
-                 _m({"payload": {"base": "th", "offset": 64, "len": 10}}, 0x3FA, "!=")]
-        if v6:
-            claim.append(_m(target, _set(hex(int(ipaddress.IPv6Address(a))) for a in v6), "!="))
-        rules.append(claim + [COUNTER, DROP])
-    return rules
-
-
-def _dhcp_nd_from_vm() -> list[list]:
-    return [
-        [_m(_p("udp", "sport"), DHCP4_CLIENT), _m(_p("udp", "dport"), DHCP4_SERVER), COUNTER, ACCEPT],
-        [_m(_p("udp", "sport"), DHCP6_CLIENT), _m(_p("udp", "dport"), DHCP6_SERVER), COUNTER, ACCEPT],
-        [_m(_p("icmpv6", "type"), _set(ND_FROM_VM)), ACCEPT],
-    ]
-
-
-def _dhcp_nd_to_vm(fam: str) -> list[list]:
-    rules = [[_m(_p("ether", "type"), "arp"), ACCEPT]] if fam == "bridge" else []
-    return rules + [
-        [_m(_p("udp", "sport"), DHCP4_SERVER), _m(_p("udp", "dport"), DHCP4_CLIENT), COUNTER, ACCEPT],
-        [_m(_p("udp", "sport"), DHCP6_SERVER), _m(_p("udp", "dport"), DHCP6_CLIENT), COUNTER, ACCEPT],
-        [_m(_p("icmpv6", "type"), _set(ND_TO_VM)), ACCEPT],
-    ]
-
-
-def rules_from_vm(fam: str, vm: dict, iface: dict, glob: dict) -> list[list]:
-    prof = vm["profile"]
-    if prof == "isolated":
-        return [[COUNTER, DROP]]
-    rules = _antispoof(fam, iface)
-    if prof == "nat":
-        return rules + [[COUNTER, ACCEPT]]
-    arp = [[_m(_p("ether", "type"), "arp"), ACCEPT]] if fam == "bridge" else []
-    if prof == "tor":
-        bit = glob["marks"]["tor"]
-        to_tor = [_mark_or(bit)]
-        if fam == "bridge" and iface.get("bridge_mac"):
-            # Hand the frame to the host's IP stack (where Tor listens) whatever
-            # its destination MAC; the inet table then redirects it by mark.
-            to_tor += [{"mangle": {"key": _p("ether", "daddr"), "value": iface["bridge_mac"]}},
-                       {"mangle": {"key": _meta("pkttype"), "value": "host"}}]
-        return rules + arp + _dhcp_nd_from_vm() + [
-            [_m(_meta("l4proto"), _set(["tcp", "udp"])), _m(_p("th", "dport"), 53), COUNTER] + to_tor + [ACCEPT],
-            # All other TCP goes to the TransPort; IPv6 carries DNS only.
-            [_m(_p("ip", "protocol"), "tcp"), COUNTER] + to_tor + [ACCEPT],
-            [COUNTER, DROP],
-        ]
-    if prof == "allowlist":
-        bit = glob["marks"]["reply"]
-        out = rules + arp + _dhcp_nd_from_vm()
-        for e in vm.get("allow") or ():
-            for proto, key in (("ip", "dest4"), ("ip6", "dest6")):
-                if not e[key]:
-                    continue
-                for tail in _proto_port(e, "dport"):
-                    out.append([_m(_p(proto, "daddr"), _set(_addr(a) for a in e[key]))] + tail
-                               + [COUNTER, _mark_or(bit), ACCEPT])
-        return out + [[COUNTER, DROP]]
-    raise ValueError(f"unknown firewall profile {prof!r}")
-
-
-def _proto_port(e: dict, key: str) -> list[list]:
-    ports = [_port(p) for p in e["ports"]]
-    protos = {"tcp+udp": ["tcp", "udp"], "any": [None]}.get(e["proto"], [e["proto"]])
-    tails = []
-    for proto in protos:
-        t = []
-        if proto:
-            t.append(_m(_meta("l4proto"), proto))
-            if ports:
-                t.append(_m(_p("th", key), _set(ports)))
-        tails.append(t)
-    return tails
-
-
-def rules_to_vm(fam: str, vm: dict, iface: dict, glob: dict) -> list[list]:
-    prof = vm["profile"]
-    if prof == "isolated":
-        return [[COUNTER, DROP]]
-    if prof == "nat":
-        return [[COUNTER, ACCEPT]]
-    rules = _dhcp_nd_to_vm(fam)
-    if prof == "tor":
-        # Only replies of connections Tor answered (marked from conntrack in inet post).
-        return rules + [[_mark_is(glob["marks"]["tor"]), COUNTER, ACCEPT], [COUNTER, DROP]]
-    if prof == "allowlist":
-        rules.append([_mark_is(glob["marks"]["reply"]), COUNTER, ACCEPT])
-        # Bridged replies never meet the host's conntrack: match them statelessly.
-        for e in vm.get("allow") or ():
-            for proto, key in (("ip", "dest4"), ("ip6", "dest6")):
-                if not e[key]:
-                    continue
-                for tail in _proto_port(e, "sport"):
-                    rules.append([_m(_p(proto, "saddr"), _set(_addr(a) for a in e[key]))] + tail
-                                 + [COUNTER, ACCEPT])
-        return rules + [[COUNTER, DROP]]
-    raise ValueError(f"unknown firewall profile {prof!r}")
+    return [_cmd("add", "element", {**_t(fam), "name": GUARD, "elem": [n]})
+            for fam in FAMILIES for n in sorted(names)]
 
 
 def transaction(cmds: list[dict]) -> dict:

@@ -85,19 +85,34 @@ def build_state(ctx) -> tuple[dict, dict]:
 def _install(ctx, st: dict, glob: dict) -> None:
     from . import apply as nft
 
-    old = state.load(ctx.paths.state_dir, ctx.uuid)
-    stale = sorted({i["tap"] for i in (old or {}).get("interfaces", ())} - {i["tap"] for i in st["interfaces"]})
-    stale = [t for t in stale if state.tap_owner(ctx.paths.state_dir, t) in (None, ctx.uuid)]
+    sd = ctx.paths.state_dir
+    old = state.load(sd, ctx.uuid) or {}
+    new_taps = {i["tap"] for i in st["interfaces"]}
+    mine = [i for i in list(old.get("interfaces", ())) + list(old.get("stale", ()))
+            if state.tap_owner(sd, i["tap"]) in (None, ctx.uuid)]
+    kept = [i for i in mine if i["tap"] in new_taps]
+    gone = [i for i in mine if i["tap"] not in new_taps]
+    # A tap name another domain left registered (its teardown failed): clear
+    # what its record says, so nothing of it applies to this VM.
+    taken = []
+    for tap in sorted(new_taps):
+        owner = state.tap_owner(sd, tap)
+        if owner not in (None, ctx.uuid):
+            other = state.load(sd, owner) or {}
+            taken += [i for i in other.get("interfaces", ()) if i["tap"] == tap] or [tap]
     # Record before committing: if we die after the commit, teardown still
     # knows what to remove; if we die before it, removal is a no-op.
-    rec = dict(st, stale=stale)
-    state.save(ctx.paths.state_dir, rec)
-    for i in st["interfaces"]:
-        state.claim_tap(ctx.paths.state_dir, i["tap"], ctx.uuid)
-    nft.run(render.base_commands(glob) + render.remove_commands(stale) + render.vm_commands(st, glob))
-    for t in stale:
-        state.release_tap(ctx.paths.state_dir, t, ctx.uuid)
-    state.save(ctx.paths.state_dir, st)
+    state.save(sd, dict(st, stale=gone))
+    for tap in sorted(new_taps):
+        state.claim_tap(sd, tap, ctx.uuid)
+    nft.run(render.base_commands(glob)
+            + render.remove_commands(gone) + render.remove_commands(taken)
+            + render.remove_commands(kept, counters=False, guard=False,
+                                     allowlist=old.get("profile") == "allowlist")
+            + render.vm_commands(st, glob))
+    for i in gone:
+        state.release_tap(sd, i["tap"], ctx.uuid)
+    state.save(sd, st)
 
 
 def apply(ctx) -> None:
@@ -175,7 +190,7 @@ def verify(ctx) -> None:
 def remove(ctx) -> None:
     """stopped/end, release/end: undo exactly what the record says; never raises."""
     try:
-        removed = remove_uuid(ctx.paths.state_dir, ctx.uuid, ctx.policy.section("firewall") if ctx.policy else {})
+        removed = remove_uuid(ctx.paths.state_dir, ctx.uuid)
     except Exception as exc:  # noqa: BLE001 - a stage that cannot block must not fail
         ctx.log(f"{ctx.vm}: firewall removal failed, will be retried by 'fw reconcile': {exc}")
         return
@@ -183,22 +198,31 @@ def remove(ctx) -> None:
         ctx.audit("firewall.remove", taps=removed)
 
 
-def remove_uuid(state_dir: str, uuid: str, global_section: dict | None = None) -> list[str] | None:
+def remove_uuid(state_dir: str, uuid: str) -> list[str] | None:
     """Remove what the record of uuid says; None when there is no record."""
     st = state.load(state_dir, uuid)
     if st is None:
         return None
-    taps = {i["tap"] for i in st.get("interfaces", ())} | set(st.get("stale", ()))
-    mine = sorted(t for t in taps if state.tap_owner(state_dir, t) in (None, uuid))
+    cur = [i for i in st.get("interfaces", ()) if state.tap_owner(state_dir, i["tap"]) in (None, uuid)]
+    stale = [i for i in st.get("stale", ()) if state.tap_owner(state_dir, i["tap"]) in (None, uuid)]
+    mine = cur + stale
     if mine:
         from . import apply as nft
 
-        nft.run(render.base_commands(render.global_config(global_section))
-                + render.remove_commands(mine))
-    for t in mine:
-        state.release_tap(state_dir, t, uuid)
+        # No re-assertion of the shared chains here: a stop must not pay for it
+        # (start and reconnect do, and `fw reconcile`).
+        cmds = render.remove_commands(cur, allowlist=st.get("profile") == "allowlist") \
+            + render.remove_commands(stale)
+        try:
+            nft.run(cmds)
+        except nft.NftError:
+            if nft.tables_present():
+                raise
+            # Our tables are gone altogether: nothing of this VM is left to remove.
+    for i in mine:
+        state.release_tap(state_dir, i["tap"], uuid)
     state.delete(state_dir, uuid)
-    return mine
+    return sorted({i["tap"] for i in mine})
 
 
 def reapply(ctx) -> None:

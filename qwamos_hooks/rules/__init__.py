@@ -95,7 +95,7 @@ _loaded = False
 def _load() -> None:
     global _loaded
     if not _loaded:
-        from . import bridges, domaintype, interfaces, mac, passthrough, rawqemu, resources, selection, vhost  # noqa: F401
+        from . import bridges, domaintype, interfaces, mac, passthrough, rawqemu, resources, selection, sidechannels, vhost  # noqa: F401
         _loaded = True
 
 

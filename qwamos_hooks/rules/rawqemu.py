@@ -39,7 +39,12 @@ _NIC_DRIVER = re.compile(
 _NET_PROPS = {"netdev", "mac", "vhost", "vhostfd", "vhostfds", "fd", "fds", "tap", "ifname", "script", "downscript", "br", "helper"}
 _NIC_ALIAS = re.compile(r"^(net|hostnet|hostdev|ua-net)[0-9a-z_-]*$", re.I)
 _FILTER_OBJECT = re.compile(r"^(filter-|colo-compare)", re.I)
-_CODE_ENV = re.compile(r"^LD_(PRELOAD|LIBRARY_PATH|AUDIT)$")
+# Environment that makes the emulator load code it was not built with.
+_CODE_ENV = re.compile(r"^(LD_[A-Z_]+|GCONV_PATH|GIO_EXTRA_MODULES|GIO_MODULE_DIR|GST_PLUGIN_[A-Z_]+|SASL_PATH|"
+                       r"GDK_PIXBUF_MODULE_FILE|GTK_PATH|QEMU_MODULE_DIR|MALLOC_[A-Z_]+)$")
+# Character back ends that reach a network socket or multiplex a monitor.
+_NET_CHARDEV = re.compile(r"^(tcp|udp|telnet|tn3270|websocket|mon):", re.I)
+_CHARDEV_OPTS = ("serial", "parallel", "debugcon", "virtioconsole", "qmp", "qmp-pretty")
 
 
 def _tokens(args):
@@ -65,27 +70,51 @@ def _option(token: str):
     return name.lower(), inline
 
 
-def _device_is_nic(value: str) -> bool:
+def _device(value: str):
+    """-device VALUE -> (driver, property names); None when it cannot be read."""
     value = value.strip()
     if value.startswith("{"):
         try:
             obj = json.loads(value)
         except ValueError:
-            return True  # unparseable JSON device: cannot rule a NIC out
+            return None
         if not isinstance(obj, dict):
-            return True
-        driver = str(obj.get("driver", ""))
-        props = {k.lower() for k in obj}
-    else:
-        parts = value.split(",")
-        driver = parts[0]
-        props = set()
-        for p in parts:
-            k = p.split("=", 1)[0].strip().lower()
-            props.add(k)
-            if k == "driver" and "=" in p:
-                driver = p.split("=", 1)[1]
-    return bool(_NIC_DRIVER.search(driver)) or bool(props & _NET_PROPS)
+            return None
+        return str(obj.get("driver", "")), {k.lower() for k in obj}
+    parts = value.split(",")
+    driver = parts[0]
+    props = set()
+    for p in parts:
+        k = p.split("=", 1)[0].strip().lower()
+        props.add(k)
+        if k == "driver" and "=" in p:
+            driver = p.split("=", 1)[1]
+    return driver, props
+
+
+def _device_problem(value: str) -> str | None:
+    dev = _device(value)
+    if dev is None:
+        return "is not readable, so a NIC cannot be ruled out"
+    driver, props = dev
+    low = driver.lower()
+    if low.startswith("vfio"):
+        return "passes a host device through (VFIO), bypassing the passthrough rules"
+    if low.startswith("ivshmem"):
+        return "shares memory with other VMs"
+    if _NIC_DRIVER.search(driver) or props & _NET_PROPS:
+        return "is a network device"
+    return None
+
+
+def _chardev_is_network(value: str) -> bool:
+    """-chardev BACKEND,... : a socket with host=/port= or any udp back end."""
+    parts = value.split(",")
+    backend = parts[0].lower()
+    keys = {p.split("=", 1)[0].lower() for p in parts[1:]}
+    if backend.startswith("backend="):
+        backend = backend.split("=", 1)[1]
+    return backend in ("udp", "tcp") or (backend == "socket" and bool(keys & {"host", "port", "to", "ipv4", "ipv6"}))
 
 
 def _global_is_nic(value: str) -> bool:
@@ -143,8 +172,14 @@ def network_args(domain, cl):
         value = value or ""
         if name in _ALWAYS_NET:
             yield line, f"-{name} {_ALWAYS_NET[name]}"
-        elif name == "device" and _device_is_nic(value):
-            yield line, f"-device {value[:60]} is a network device"
+        elif name == "device" and _device_problem(value):
+            yield line, f"-device {value[:60]} {_device_problem(value)}"
+        elif name == "chardev" and _chardev_is_network(value):
+            yield line, f"-chardev {value[:60]} connects a guest device to a host network socket"
+        elif name in _CHARDEV_OPTS and _NET_CHARDEV.match(value):
+            yield line, f"-{name} {value[:60]} opens a network socket or a monitor"
+        elif name in ("gdb", "s"):
+            yield line, f"-{name} opens a debugger stub with full control of the guest"
         elif name == "global" and _global_is_nic(value):
             yield line, f"-global {value[:60]} changes a network device model's defaults"
         elif name == "set":
@@ -169,8 +204,11 @@ def check_commandline_network(domain, profile, ctx):
     namespace) must not add or change a network device: ``-netdev``,
     ``-nic``, ``-net``, ``-device`` with a NIC driver or ``netdev=``/``mac=``,
     ``-set``/``-global`` on a NIC, traffic filters (``-object filter-*``),
-    ``-readconfig``, and extra monitors (``-qmp``, ``-monitor``, ``-mon``)
-    that could hot-plug one. Both ``-opt value`` and ``-opt=value`` forms,
+    ``-readconfig``, extra monitors (``-qmp``, ``-monitor``, ``-mon``, or
+    ``mon:`` on a serial port) that could hot-plug one, character devices on
+    a network socket (``-chardev socket,host=``, ``-serial tcp:``), the
+    gdb stub, and devices that bypass the passthrough and shared-memory rules
+    (``-device vfio-pci``, ``-device ivshmem-*``). Both ``-opt value`` and ``-opt=value`` forms,
     single or double dash, and arguments holding spaces are recognised. The
     same applies to ``<xen:commandline>`` and ``<bhyve:commandline>``.
     Other arguments and environment variables are left to QW502."""
@@ -184,9 +222,10 @@ def check_commandline_network(domain, profile, ctx):
 def check_commandline_any(domain, profile, ctx):
     """With ``raw_qemu.commandline: deny``, any ``<qemu:commandline>`` (or
     xen/bhyve equivalent) is refused. With the default ``allow-non-network``,
-    arguments that do not touch networking are allowed, but environment
-    variables that load code into the emulator (``LD_PRELOAD``,
-    ``LD_LIBRARY_PATH``, ``LD_AUDIT``) are still refused."""
+    arguments that do not touch networking are allowed, but what loads code
+    into the emulator or strips its hardening is still refused: ``-plugin``,
+    ``-sandbox off``, and environment variables such as ``LD_PRELOAD``,
+    ``LD_LIBRARY_PATH``, ``GCONV_PATH`` or ``GIO_EXTRA_MODULES``."""
     deny_all = profile.get("raw_qemu", "commandline") == "deny"
     for cl in domain.commandlines:
         if deny_all:
@@ -195,6 +234,14 @@ def check_commandline_any(domain, profile, ctx):
         for name, _value, line in cl.env:
             if _CODE_ENV.match(name):
                 yield (line, f"{cl.hypervisor}:env", f"environment variable {name} loads code into the emulator")
+        toks = list(_tokens(cl.args))
+        for i, (tok, line) in enumerate(toks):
+            opt, inline = _option(tok)
+            value = inline if inline is not None else (toks[i + 1][0] if i + 1 < len(toks) else "")
+            if opt == "plugin":
+                yield (line, f"{cl.hypervisor}:commandline", "-plugin loads a shared object into the emulator")
+            elif opt == "sandbox" and value.split(",")[0].lower() in ("off", "false", "no"):
+                yield (line, f"{cl.hypervisor}:commandline", "-sandbox off disables the emulator's seccomp filter")
 
 
 @rule("QW503", "error", "qemu:override rewrites a network device",
@@ -224,3 +271,16 @@ def check_sharenet(domain, profile, ctx):
         return
     for s in domain.sharenets:
         yield (s.line, "lxc:sharenet", f"joins host network namespace ({s.type} {s.value or ''})".rstrip())
+
+
+@rule("QW505", "error", "qemu:capabilities changes what QEMU is told to use",
+      "Remove <qemu:capabilities>; it is a testing aid that libvirt does not support in production.")
+def check_capabilities(domain, profile, ctx):
+    """``<qemu:capabilities><qemu:del capability='...'/>`` makes libvirt
+    believe QEMU lacks a feature, and ``<qemu:add>`` that it has one. Deleting
+    ``seccomp-sandbox`` drops QEMU's ``-sandbox`` hardening; others change
+    how devices are built. Refused unless ``raw_qemu.capabilities: allow``."""
+    if profile.get("raw_qemu", "capabilities") == "allow":
+        return
+    for op, cap, line in domain.qemu_capabilities:
+        yield (line, "qemu:capabilities", f"<qemu:{op} capability='{cap}'> overrides QEMU's capability probe")
