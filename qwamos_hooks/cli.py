@@ -260,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_completion(sub, build_parser)
 
+    from .watch import register as register_watch
+
+    register_watch(sub)
+
     for name, (modname, helptext) in GROUPS.items():
         try:
             mod = importlib.import_module(modname)

@@ -381,7 +381,8 @@ def test_hook_killed_mid_apply_leaves_drop_in_place(topo, vms):
             assert vm.mac in " ".join(els["bridge mac"]) and vm.mac in " ".join(els["inet mac"])
             # guard, p_nat, mac and 4 counters in each table, brmac in the bridge one
             assert sum(f'"{vm.tap}"' in " ".join(v) for v in els.values()) == 2 * 7 + 1, els
-            assert vm.ping("10.99.0.2")
+            # Neighbour entries left FAILED by the dropped phase may need a moment to recover.
+            assert any(vm.ping("10.99.0.2") for _ in range(3)), (i, topo.counters(vm.tap))
         else:
             assert not vm.ping("10.99.0.2"), f"traffic flows after a kill at {delay:.3f}s"
         vm.remove()

@@ -1,16 +1,17 @@
 """Read a policy file: safe YAML, JSON Schema validation, inheritance.
 
 Validation (jsonschema, ~0.2 s to import) runs once per distinct policy file:
-the validated document is cached under the lib dir, keyed by the SHA-256 of
+the validated document is cached under the lib dir, keyed by the BLAKE3 hash of
 the file's bytes and of this package's schema, so a hook at VM start only
 hashes the file and reads the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
+
+from blake3 import blake3
 
 from .. import __version__
 from ..errors import PolicyError
@@ -38,7 +39,7 @@ def _schema_tag() -> str:
 
 
 def _cache_path(cache_dir: str, digest: str) -> str:
-    tag = hashlib.sha256((_schema_tag() + digest).encode()).hexdigest()[:32]
+    tag = blake3((_schema_tag() + digest).encode()).hexdigest()[:32]
     return os.path.join(cache_dir, f"policy-{tag}.marshal")
 
 
@@ -129,7 +130,7 @@ def validate_document(doc, data: bytes, source: str) -> dict:
 
 def _load_raw(path: str, source: str, cache_dir: str | None) -> tuple[dict, str]:
     data = _read(path)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = blake3(data).hexdigest()
     cpath = _cache_path(cache_dir, digest) if cache_dir else None
     if cpath:
         try:

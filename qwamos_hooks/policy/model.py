@@ -46,7 +46,7 @@ class Selection(NamedTuple):
 
 class Policy(NamedTuple):
     source: str  # file path, or "built-in default"
-    digest: str  # sha256 of the policy file bytes
+    digest: str  # BLAKE3 of the policy file bytes
     mode: str
     profiles: dict  # name -> Profile
     assign: tuple
