@@ -7,17 +7,15 @@ never in ``errors``.
 
 from __future__ import annotations
 
-import datetime
 import fnmatch
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from . import rules
 from .domain import Domain
 from .policy.model import Policy, Selection
 
 
-@dataclass(frozen=True)
-class Waiver:
+class Waiver(NamedTuple):
     """A waiver that applies to a finding."""
 
     rule: str
@@ -36,8 +34,7 @@ class Waiver:
                 "policy_index": self.index, "line": self.line}
 
 
-@dataclass(frozen=True)
-class WaiverNote:
+class WaiverNote(NamedTuple):
     """A waiver that does not apply, and why (reported in every format)."""
 
     kind: str  # expired | no-reason | not-allowed | bad-expiry | unknown-rule
@@ -51,8 +48,7 @@ class WaiverNote:
                 "line": self.line, "message": self.message}
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     domain: Domain | None  # None once detached for transport between processes
     selection: Selection
     findings: tuple  # of rules.Finding, sorted by line; includes waived ones
@@ -76,10 +72,12 @@ class Result:
         return tuple(f for f in self.findings if f.severity == "error" and f.waiver is None)
 
     def detach(self) -> "Result":
-        return replace(self, domain=None)
+        return self._replace(domain=None)
 
 
 def today_utc() -> datetime.date:
+    import datetime
+
     return datetime.datetime.now(datetime.timezone.utc).date()
 
 
@@ -100,6 +98,8 @@ def evaluate(domain: Domain, policy: Policy, *, live: bool = False,
 
 def _expiry(value) -> datetime.date | None:
     """ISO date, or raises ValueError."""
+    import datetime
+
     return datetime.date.fromisoformat(str(value)) if value not in (None, "") else None
 
 
@@ -156,7 +156,7 @@ def _apply_waivers(domain: Domain, policy: Policy, findings: list, today: dateti
             if waiver.rule != f.rule:
                 continue
             if why is None:
-                f = replace(f, waiver=waiver)
+                f = f._replace(waiver=waiver)
                 break
             # A policy waiver that would have matched: say so once per waiver.
             if (waiver.index, f.rule) not in noted:

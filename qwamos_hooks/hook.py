@@ -198,7 +198,7 @@ def _run_stage(vm, op, subop, stage, stdin, paths, log, audit, record):
         record["profile"] = profile.name
         errors = result.errors
         if result.findings:
-            record["findings"] = [f"{f.rule}@{f.line}" for f in result.findings]
+            record["findings"] = [f"{f.rule}@{f.line}{'(waived)' if f.waiver is not None else ''}" for f in result.findings]
         if errors:
             line = _summary(errors)
             if policy.mode == "audit" or not stage.can_block:

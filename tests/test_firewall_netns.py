@@ -460,3 +460,25 @@ def test_custom_tap_name_is_dropped_from_prepare_on(topo, vms):
         run("ip", "link", "set", custom, "name", orig, ns=H)
         run("ip", "link", "set", orig, "up", ns=H)
         run("nft", "delete", "element", "bridge", "qwamos", "guard", f"{{ {custom} }}", ns=H, check=False)
+
+
+def test_status_reports_other_tables_that_drop_vm_traffic(topo, vms):
+    vm = vms[2]
+    vm.apply({"profile": "nat"})
+    assert vm.ping("10.99.0.2")
+    run("nft", "add", "table", "bridge", "qwtestother", ns=H)
+    try:
+        run("nft", "add", "chain", "bridge", "qwtestother", "vmfwd",
+            "{ type filter hook forward priority 0; policy accept; }", ns=H)
+        run("nft", "add", "chain", "bridge", "qwtestother", "sub", ns=H)
+        run("nft", "add", "rule", "bridge", "qwtestother", "vmfwd", "jump", "sub", ns=H)
+        run("nft", "add", "rule", "bridge", "qwtestother", "sub", "iifname", vm.tap, "drop", ns=H)
+        # Our accept cannot rescue a packet another table drops ...
+        assert not vm.ping("10.99.0.2")
+        # ... and fw status says which table does it, following its jumps.
+        out = cli("status").stdout
+        assert "bridge qwtestother chain vmfwd (hook forward): 1 drop/reject rule(s) reachable" in out, out
+    finally:
+        run("nft", "delete", "table", "bridge", "qwtestother", ns=H)
+    assert vm.ping("10.99.0.2")
+    assert "qwtestother" not in cli("status").stdout

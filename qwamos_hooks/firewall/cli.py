@@ -220,25 +220,42 @@ _VM_HOOKS = {"bridge": {"prerouting", "input", "forward", "output", "postrouting
 
 
 def foreign_drops(ruleset: list[dict]) -> list[str]:
-    """Base chains of other tables that can drop VM traffic. A packet any table
-    drops is gone: our accept cannot rescue it."""
+    """Base chains of other tables that can drop VM traffic, following their
+    jumps and gotos. A packet any table drops is gone: our accept cannot rescue it."""
     from . import render
 
-    chains = {}
+    chains: dict = {}
+    rules: dict = {}
     for o in ruleset:
         c = o.get("chain")
-        if c and "hook" in c and not (c["table"] == render.TABLE and c["family"] in render.FAMILIES):
-            if c["hook"] in _VM_HOOKS.get(c["family"], ()):
-                chains[(c["family"], c["table"], c["name"])] = c
+        if c:
+            chains[(c["family"], c["table"], c["name"])] = c
+        r = o.get("rule")
+        if r:
+            rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r["expr"])
     out = []
     for key, c in sorted(chains.items()):
-        why = []
-        if c.get("policy") == "drop":
-            why.append("policy drop")
-        n = sum(1 for o in ruleset if "rule" in o and (o["rule"]["family"], o["rule"]["table"], o["rule"]["chain"]) == key
-                and any(("drop" in e or "reject" in e) for e in o["rule"]["expr"]))
+        if "hook" not in c or (c["table"] == render.TABLE and c["family"] in render.FAMILIES):
+            continue
+        if c["hook"] not in _VM_HOOKS.get(c["family"], ()):
+            continue
+        why = ["policy drop"] if c.get("policy") == "drop" else []
+        seen, todo, n = set(), [key], 0
+        while todo:
+            k = todo.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            for expr in rules.get(k, ()):
+                for e in expr:
+                    xt = e.get("xt") or {}  # iptables-nft writes REJECT as an xtables target
+                    if "drop" in e or "reject" in e or xt.get("name") in ("REJECT", "DROP"):
+                        n += 1
+                    for verb in ("jump", "goto"):
+                        if verb in e:
+                            todo.append((k[0], k[1], e[verb]["target"]))
         if n:
-            why.append(f"{n} drop/reject rule(s)")
+            why.append(f"{n} drop/reject rule(s) reachable")
         if why:
             out.append(f"{key[0]} {key[1]} chain {key[2]} (hook {c['hook']}): {', '.join(why)}")
     return out

@@ -10,15 +10,12 @@ A check is a pure function ``check(domain, profile, ctx)`` that yields
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 SEVERITIES = ("error", "warning", "info")
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     id: str
     severity: str
     title: str
@@ -28,11 +25,12 @@ class Rule:
 
     @property
     def doc(self) -> str:
+        import inspect  # only for `explain`: keep it off the hook's path
+
         return inspect.cleandoc(self.check.__doc__ or self.title)
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     rule: str
     severity: str
     message: str
@@ -60,8 +58,7 @@ class Finding:
         }
 
 
-@dataclass(frozen=True)
-class CheckContext:
+class CheckContext(NamedTuple):
     live: bool = False  # XML from start/started/reconnect: taps and resolved bridges present
     selection_problem: str | None = None
 

@@ -30,20 +30,34 @@ _ALWAYS_NET = {
     "smb": "configures legacy user networking",
 }
 
+class _Lazy:
+    """A regex compiled on first use: most domains carry no raw arguments, and
+    the hook should not compile these at every VM start."""
+
+    def __init__(self, pattern: str, flags: int = 0):
+        self._args = (pattern, flags)
+        self._re = None
+
+    def __getattr__(self, name):
+        if self._re is None:
+            self._re = re.compile(*self._args)
+        return getattr(self._re, name)
+
+
 # QEMU NIC device models, and properties only network devices take.
-_NIC_DRIVER = re.compile(
+_NIC_DRIVER = _Lazy(
     r"net|e1000|rtl8139|ne2k|pcnet|lance|am79c|i8255|i82801|vmxnet|igb|tulip|eepro100|e100\b|"
     r"spapr-vlan|lan9118|smc91c111|sungem|sunhme|ftgmac|fec|xgmac|cadence.gem|dp8393|emac|rocker|opencores.eth",
     re.I,
 )
 _NET_PROPS = {"netdev", "mac", "vhost", "vhostfd", "vhostfds", "fd", "fds", "tap", "ifname", "script", "downscript", "br", "helper"}
-_NIC_ALIAS = re.compile(r"^(net|hostnet|hostdev|ua-net)[0-9a-z_-]*$", re.I)
-_FILTER_OBJECT = re.compile(r"^(filter-|colo-compare)", re.I)
+_NIC_ALIAS = _Lazy(r"^(net|hostnet|hostdev|ua-net)[0-9a-z_-]*$", re.I)
+_FILTER_OBJECT = _Lazy(r"^(filter-|colo-compare)", re.I)
 # Environment that makes the emulator load code it was not built with.
-_CODE_ENV = re.compile(r"^(LD_[A-Z_]+|GCONV_PATH|GIO_EXTRA_MODULES|GIO_MODULE_DIR|GST_PLUGIN_[A-Z_]+|SASL_PATH|"
+_CODE_ENV = _Lazy(r"^(LD_[A-Z_]+|GCONV_PATH|GIO_EXTRA_MODULES|GIO_MODULE_DIR|GST_PLUGIN_[A-Z_]+|SASL_PATH|"
                        r"GDK_PIXBUF_MODULE_FILE|GTK_PATH|QEMU_MODULE_DIR|MALLOC_[A-Z_]+)$")
 # Character back ends that reach a network socket or multiplex a monitor.
-_NET_CHARDEV = re.compile(r"^(tcp|udp|telnet|tn3270|websocket|mon):", re.I)
+_NET_CHARDEV = _Lazy(r"^(tcp|udp|telnet|tn3270|websocket|mon):", re.I)
 _CHARDEV_OPTS = ("serial", "parallel", "debugcon", "virtioconsole", "qmp", "qmp-pretty")
 
 
