@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from lxml import etree
-
 from .errors import InputError, NotADomain
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -35,15 +33,33 @@ INTERFACE_TYPES = frozenset(
     "mcast udp null vds".split()
 )
 
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    remove_comments=True,
-    remove_pis=True,
-)
+_parser = None
+
+
+def parser():
+    """The one lxml parser every front end uses: no entities, no DTD, no
+    network. lxml is imported here, not at module level: importing it is
+    about half of a hook's run, and a cached parse (see to_plain) skips it."""
+    global _parser
+    if _parser is None:
+        from lxml import etree
+
+        _parser = etree.XMLParser(
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_comments=True,
+            remove_pis=True,
+        )
+    return _parser
+
+
+def __getattr__(name):
+    if name == "_PARSER":  # older spelling, kept for callers outside the hook
+        return parser()
+    raise AttributeError(name)
 
 
 class Interface(NamedTuple):
@@ -185,8 +201,10 @@ def parse_bytes(data: bytes, source: str = "<stdin>") -> Domain:
     # libvirt never writes a DOCTYPE; any DTD is hostile here (XXE, billion laughs).
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise InputError(f"{source}: DOCTYPE/ENTITY declarations are refused in domain XML")
+    from lxml import etree
+
     try:
-        root = etree.fromstring(data, _PARSER)
+        root = etree.fromstring(data, parser())
     except etree.XMLSyntaxError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else "malformed XML"
         raise InputError(f"{source}: not well-formed XML: {msg}") from None
@@ -215,6 +233,33 @@ def identity_only(data: bytes, source: str = "<stdin>") -> Domain | None:
         return None
     return Domain(source, 0, None, name.group(1) if name else None, uuid.group(1).lower(), None, None,
                   None, None, None, None, None, None, None, (), (), False, (), (), (), (), (), (), (), None, {})
+
+
+# --- a parse as plain data (for the hook's parse cache) ----------------------
+# marshal, not pickle: loading the cache can build tuples and dicts, never run
+# code. A NamedTuple becomes ("\0nt", class name, fields); XML text cannot hold
+# a NUL, so no real value is mistaken for the marker.
+_NT = "\0nt"
+
+
+def to_plain(x):
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return (_NT, type(x).__name__, tuple(to_plain(v) for v in x))
+    if isinstance(x, tuple):
+        return tuple(to_plain(v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_plain(v) for k, v in x.items()}
+    return x
+
+
+def from_plain(x):
+    if isinstance(x, tuple):
+        if len(x) == 3 and x[0] == _NT:
+            return _MODEL[x[1]](*(from_plain(v) for v in x[2]))
+        return tuple(from_plain(v) for v in x)
+    if isinstance(x, dict):
+        return {k: from_plain(v) for k, v in x.items()}
+    return x
 
 
 def parse_file(path: str) -> Domain:
@@ -492,3 +537,7 @@ def _domain(root, source: str) -> Domain:
         metadata=_metadata(root),
         lines=lines,
     )
+
+
+_MODEL = {c.__name__: c for c in (Interface, Hostdev, CommandLine, Override, ShareNet, HostSocket,
+                                  Graphics, Waiver, Metadata, Domain)}

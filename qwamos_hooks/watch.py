@@ -101,7 +101,9 @@ def plan(errors, devices, mode: str) -> Plan:
             aliases.append(d.alias)
     if unplaced:
         what = ", ".join(dict.fromkeys(f.rule for f in unplaced))
-        action, why = DESTROY, f"{ids} ({what} not tied to a removable device)"
+        action = DESTROY
+        why = (f"{ids}: not tied to a removable device" if what == ids
+               else f"{ids} ({what} not tied to a removable device)")
     else:
         action, why = DETACH, f"{ids} on {', '.join(aliases)}"
     if mode != "enforce":

@@ -125,11 +125,15 @@ def test_resources_and_os():
     assert d.arch == "x86_64" and d.machine == "pc" and d.type == "qemu"
 
 
-def test_whole_corpus_parses():
+def test_whole_corpus_parses_and_round_trips_through_the_parse_cache_form():
+    import marshal
+
     n = 0
     for root, _dirs, files in os.walk(CORPUS):
         for f in files:
             if f.endswith(".xml"):
-                domain.parse_file(os.path.join(root, f))
+                d = domain.parse_file(os.path.join(root, f))
+                back = domain.from_plain(marshal.loads(marshal.dumps(domain.to_plain(d))))
+                assert repr(back) == repr(d), f  # repr names every class: types survive too
                 n += 1
     assert n >= 2787, f"corpus not found or incomplete at {CORPUS} ({n} files)"

@@ -163,14 +163,30 @@ def test_policy_cache_is_written_and_used(env, tmp_path):
     env["QWAMOS_POLICY"] = str(pol)
     run_hook(env, ["ci-smoke", "prepare", "begin", "-"], GOOD)
     cache = os.path.join(env["QWAMOS_LIB_DIR"], "cache")
-    assert len(os.listdir(cache)) == 2
-    # The hook's import path stays lean: no jsonschema once the cache is warm.
+    assert len([n for n in os.listdir(cache) if n.startswith("policy-")]) == 2
+    assert len([n for n in os.listdir(cache) if n.startswith("domain-")]) == 1
+    # The hook's import path stays lean: no jsonschema once the cache is warm,
+    # and no lxml for a definition it has parsed before.
     code = ("import sys, io; from qwamos_hooks import hook; "
             "sys.stdin = io.TextIOWrapper(io.BytesIO(open(sys.argv[1],'rb').read())); "
             "hook.run(['ci-smoke','prepare','begin','-'], sys.stdin.buffer); "
-            "print(sorted(m for m in ('jsonschema','yaml','libvirt','tpm2_pytss','nftables') if m in sys.modules))")
+            "print(sorted(m for m in ('jsonschema','yaml','libvirt','tpm2_pytss','nftables','lxml') if m in sys.modules))")
     xml = tmp_path / "d.xml"
     xml.write_text(GOOD)
     p = subprocess.run([sys.executable, "-I", "-c", code, str(xml)], capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert p.stdout.strip() == "[]", p.stderr
+
+
+def test_domain_parse_cache_gives_the_same_decision_and_survives_corruption(env):
+    bad = BAD.replace("ci-smoke", "ci-smoke")  # same bytes as a non-compliant definition
+    first = run_hook(env, ["ci-smoke", "prepare", "begin", "-"], bad)
+    second = run_hook(env, ["ci-smoke", "prepare", "begin", "-"], bad)  # served from the cache
+    assert first.returncode == second.returncode == 1 and first.stderr == second.stderr
+    cache = os.path.join(env["QWAMOS_LIB_DIR"], "cache")
+    for n in os.listdir(cache):
+        if n.startswith("domain-"):
+            with open(os.path.join(cache, n), "wb") as fh:
+                fh.write(b"\x00garbage")
+    third = run_hook(env, ["ci-smoke", "prepare", "begin", "-"], bad)
+    assert third.returncode == 1 and third.stderr == first.stderr

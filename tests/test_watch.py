@@ -194,7 +194,7 @@ def load_policy_text(text: str):
 class Watcher:
     """One `qwamos-policy watch` process, ended by its PID."""
 
-    def __init__(self, tmp_path, glob: str, policy_text: str):
+    def __init__(self, tmp_path, glob: str, policy_text: str, uri: str = e2e.URI):
         self.dir = tmp_path / "watch"
         self.dir.mkdir(exist_ok=True)
         self.policy = self.dir / "policy.yaml"
@@ -208,7 +208,7 @@ class Watcher:
         env.pop("QWAMOS_POLICY", None)
         self.stderr = open(self.dir / "stderr", "w")
         self.proc = subprocess.Popen(
-            [PY, "-m", "qwamos_hooks.cli", "--policy", str(self.policy), "watch", "--domain", glob,
+            [PY, "-m", "qwamos_hooks.cli", "--policy", str(self.policy), "watch", "--connect", uri, "--domain", glob,
              "--detach-timeout", "1", "--rescan-interval", "0",
              "--ready-file", str(self.ready), "--pidfile", str(self.pidfile)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.stderr)
@@ -414,3 +414,84 @@ def test_watch_refuses_a_broken_policy_named_on_the_command_line(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2
     assert str(bad) in p.stderr
+
+
+class PrivateLibvirtd:
+    """A libvirtd of our own (session mode, as nobody) that the test may kill
+    and restart without disturbing the host's daemon. Through it the watcher
+    talks to libvirt's test driver, whose running domain 'test' comes back
+    fresh at every daemon start."""
+
+    def __init__(self):
+        import tempfile
+
+        # Short and traversable by nobody: unix socket paths are limited to 108 bytes.
+        self.dir = tempfile.mkdtemp(prefix="qwtest-watch-", dir="/tmp")
+        os.chmod(self.dir, 0o755)
+        for sub in ("home", "run"):
+            os.makedirs(os.path.join(self.dir, sub), mode=0o700)
+            os.chown(os.path.join(self.dir, sub), 65534, 65534)
+        self.sock = os.path.join(self.dir, "run", "libvirt", "libvirt-sock")
+        self.uri = f"test+unix:///default?socket={self.sock}"
+        self.proc = None
+
+    def start(self):
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.path.join(self.dir, "home"),
+               "XDG_RUNTIME_DIR": os.path.join(self.dir, "run")}
+        self.proc = subprocess.Popen(["libvirtd", "--timeout", "0"], env=env, user=65534, group=65534,
+                                     extra_groups=[], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        up = e2e.wait_for(lambda: subprocess.run(["virsh", "-c", self.uri, "version"],
+                                                 capture_output=True).returncode == 0, timeout=15)
+        assert up, "private libvirtd did not come up"
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def domstate(self, name):
+        return subprocess.run(["virsh", "-c", self.uri, "domstate", name],
+                              capture_output=True, text=True).stdout.strip()
+
+    def remove(self):
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_libvirtd():
+    if os.geteuid() != 0:
+        pytest.fail("the reconnect test needs root (it runs a private libvirtd as nobody)")
+    d = PrivateLibvirtd()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.remove()
+
+
+def test_watcher_reconnects_after_libvirtd_restarts(tmp_path, private_libvirtd):
+    d = private_libvirtd
+    assert d.domstate("test") == "running"
+    w = Watcher(tmp_path, "test", open(DEFAULT_YAML).read(), uri=d.uri)
+    try:
+        # The test driver's domain breaks the default policy outside any device
+        # (domain type 'test'): the startup sweep destroys it.
+        rec = w.wait_record("test", lambda r: r["trigger"] == "startup", timeout=5)
+        assert rec["decision"] == "destroy", rec
+        assert d.domstate("test") == "shut off"
+
+        d.stop()
+        d.start()  # a fresh daemon: 'test' runs again
+        rec = w.wait_record("test", lambda r: r["trigger"] == "reconnect", timeout=20)
+        assert rec["decision"] == "destroy", rec
+        assert d.domstate("test") == "shut off"
+        assert w.proc.poll() is None
+    finally:
+        assert w.stop() == 0, w.log()

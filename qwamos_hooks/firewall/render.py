@@ -99,7 +99,7 @@ def split_addresses(addrs) -> tuple[list[str], list[str]]:
 
 
 def allow_entries(section: dict | None) -> list[dict]:
-    """allowlist entries normalised: dest split by family, proto, sorted ports."""
+    """allowlist entries normalised: destinations split by family and sorted; proto; ports validated."""
     out = []
     for e in (section or {}).get("allow") or ():
         dests = e.get("dest")
@@ -118,7 +118,6 @@ def allow_entries(section: dict | None) -> list[dict]:
     return out
 
 
-# --- expression helpers --------------------------------------------------------
 # --- expression helpers --------------------------------------------------------
 
 

@@ -61,10 +61,13 @@ def interface_facts(domain, profile: str) -> list[dict]:
             raise StageError(f"{i.label}: no tap name in the domain XML, cannot apply firewall")
         if not i.mac:
             raise StageError(f"{i.label}: no MAC address in the domain XML, cannot apply anti-spoofing")
-        bridge = _master(tap) or i.source_bridge or i.resolved_bridge
+        master = _master(tap)
+        bridge = master or i.source_bridge or i.resolved_bridge
         bmac = _bridge_mac(bridge)
-        if profile == "tor" and bridge and not bmac and os.path.exists(f"/sys/class/net/{tap}/master"):
-            raise StageError(f"{i.label}: cannot read the MAC of bridge {bridge} for the tor profile")
+        if master and not bmac and profile != "nat":
+            # e.g. an Open vSwitch port: its frames bypass the Linux bridge hooks.
+            raise StageError(f"{i.label}: tap {tap} is enslaved to {master}, not a Linux bridge; "
+                             f"profile '{profile}' cannot be enforced on it")
         out.append({"tap": tap, "mac": i.mac, "bridge": bridge if bmac else None,
                     "bridge_mac": bmac, "ips": list(i.ips)})
     return out

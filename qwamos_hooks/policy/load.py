@@ -8,12 +8,11 @@ hashes the file and reads the cache.
 
 from __future__ import annotations
 
-import marshal
 import os
 
 from blake3 import blake3
 
-from .. import __version__
+from .. import __version__, cache
 from ..errors import PolicyError
 from .model import Policy
 
@@ -133,27 +132,13 @@ def _load_raw(path: str, source: str, cache_dir: str | None) -> tuple[dict, str]
     digest = blake3(data).hexdigest()
     cpath = _cache_path(cache_dir, digest) if cache_dir else None
     if cpath:
-        try:
-            with open(cpath, "rb") as fh:
-                return marshal.load(fh), digest
-        except (OSError, EOFError, ValueError, TypeError):
-            pass
+        doc = cache.read(cpath)
+        if isinstance(doc, dict):
+            return doc, digest
     doc = validate_document(_yaml_load(data, source), data, source)
     if cpath:
-        _write_cache(cpath, doc)
+        cache.write(cpath, doc)
     return doc, digest
-
-
-def _write_cache(cpath: str, doc: dict) -> None:
-    # Best effort: a read-only lib dir only costs the next run a re-validation.
-    try:
-        os.makedirs(os.path.dirname(cpath), mode=0o700, exist_ok=True)
-        tmp = f"{cpath}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
-            marshal.dump(doc, fh)
-        os.replace(tmp, cpath)
-    except (OSError, ValueError):
-        pass
 
 
 def load_default(cache_dir: str | None = None) -> Policy:
