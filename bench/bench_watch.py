@@ -42,7 +42,7 @@ def wait(pred, timeout):
     while time.monotonic() < end:
         if pred():
             return True
-        time.sleep(0.002)
+        time.sleep(0.01)
     return pred()
 
 
