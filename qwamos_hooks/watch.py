@@ -30,8 +30,8 @@ DESTROY = "destroy"
 UNJUDGED = "unjudged"  # no usable policy and nothing to refuse
 ERROR = "error"
 
-# Device elements whose removal can make a domain compliant again.
 _NIC = "interface"
+DETACH_ROUNDS = 3  # devices hot-plugged while a detach runs get this many more chances
 
 
 # --- pure logic --------------------------------------------------------------
@@ -133,6 +133,19 @@ def link_down_xml(device_xml: bytes) -> bytes:
     return etree.tostring(el)
 
 
+def device_key(dev: Device) -> tuple:
+    """What identifies a device across two looks at the live XML: its content
+    without the link state (which the watcher itself changes)."""
+    from lxml import etree
+
+    from .domain import _PARSER
+
+    el = etree.fromstring(dev.xml, _PARSER)
+    for link in el.findall("link"):
+        el.remove(link)
+    return (dev.tag, dev.alias, etree.tostring(el, method="c14n"))
+
+
 def wanted(name: str | None, globs) -> bool:
     return not globs or any(fnmatch.fnmatchcase(name or "", g) for g in globs)
 
@@ -151,6 +164,7 @@ class PolicySource:
         self.stamp: object = ()
         self.policy = None
         self.problem: str | None = None
+        self.lock = threading.Lock()
 
     def _stamp(self):
         try:
@@ -163,6 +177,10 @@ class PolicySource:
 
     def current(self, log):
         """(policy, problem): reloads when the file changed since last time."""
+        with self.lock:
+            return self._current(log)
+
+    def _current(self, log):
         from .errors import PolicyError
         from .policy import load_policy
 
@@ -223,14 +241,17 @@ class Watcher:
         self.callbacks: list[int] = []
         self.seen: dict[str, str] = {}  # uuid -> digest of the XML last judged by a rescan
         self.connected_once = False
+        self.busy: dict[str, list] = {}  # uuid -> checks queued behind the running one
+        self.idle = threading.Condition()
 
     # Callbacks run on the event-loop thread: they only queue work, never raise.
     def _on_lifecycle(self, conn, dom, event, detail, opaque):
         import libvirt
 
-        if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED,
-                     libvirt.VIR_DOMAIN_EVENT_DEFINED):
-            self._queue(dom, f"lifecycle {event}/{detail}", None)
+        names = {libvirt.VIR_DOMAIN_EVENT_STARTED: "started", libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+                 libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined"}
+        if event in names:
+            self._queue(dom, names[event], None)
 
     def _on_device_added(self, conn, dom, alias, opaque):
         self._queue(dom, "device-added", alias)
@@ -243,7 +264,7 @@ class Watcher:
 
     def _queue(self, dom, why, alias):
         try:
-            self.events.put(("check", dom.UUIDString(), why, alias))
+            self.events.put(("check", dom.UUIDString(), dom.name(), (why, alias)))
         except Exception as exc:  # noqa: BLE001 - a bad event must not stop the loop
             self.log(f"ignored malformed event {why}: {exc}")
 
@@ -295,18 +316,56 @@ class Watcher:
 
     # --- checks --------------------------------------------------------------
 
-    def sweep(self, why: str, quiet_if_unchanged: bool = False) -> None:
+    def sweep(self, why: str, quiet_if_unchanged: bool = False, wait: bool = False) -> None:
         import libvirt
 
+        uuids = []
         for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            if wanted(dom.name(), self.opts.domains):
+                uuids.append(dom.UUIDString())
+                self._dispatch(uuids[-1], why, None, quiet_if_unchanged)
+        if wait:
+            self._wait_idle(lambda: not any(u in self.busy for u in uuids), None)
+
+    def _wait_idle(self, done, timeout: float | None) -> None:
+        end = None if timeout is None else time.monotonic() + timeout
+        with self.idle:
+            while not done() and not self.stop.is_set() and (end is None or time.monotonic() < end):
+                self.idle.wait(0.5)
+
+    def _dispatch(self, uuid: str, why: str, added: str | None, quiet: bool = False) -> None:
+        """Checks of one domain run in order, each domain on its own thread:
+        a detach waiting on one guest never delays the verdict on another."""
+        with self.idle:
+            if uuid in self.busy:
+                self.busy[uuid].append((why, added, quiet))
+                return
+            self.busy[uuid] = []
+        threading.Thread(target=self._domain_worker, args=(self.conn, uuid, why, added, quiet),
+                         name=f"check-{uuid}", daemon=True).start()
+
+    def _domain_worker(self, conn, uuid, why, added, quiet) -> None:
+        import libvirt
+
+        while True:
+            dom = None
             try:
-                self.check(dom, why, None, quiet_if_unchanged)
+                dom = conn.lookupByUUIDString(uuid)
+                self.check(dom, why, added, quiet)
             except libvirt.libvirtError as exc:
-                if not _alive(self.conn):
-                    raise
-                self.log(f"{why}: skipped a domain: {exc}")  # it stopped meanwhile
+                # The domain went away meanwhile, or the connection did (the
+                # sweep after the reconnect looks again).
+                if dom is not None and _alive(conn):
+                    self.log(f"{uuid} {why}: libvirt error: {exc}")
             except Exception as exc:  # noqa: BLE001 - never die on one bad domain
                 self._error(dom, why, exc)
+            with self.idle:
+                pending = self.busy[uuid]
+                if not pending:
+                    del self.busy[uuid]
+                    self.idle.notify_all()
+                    return
+                why, added, quiet = pending.pop(0)
 
     def check(self, dom, why: str, added: str | None, quiet_if_unchanged: bool = False) -> None:
         import hashlib
@@ -315,7 +374,7 @@ class Watcher:
         from .errors import InputError
 
         name, uuid = dom.name(), dom.UUIDString()
-        if not wanted(name, self.opts.domains) or not dom.isActive():
+        if not dom.isActive():
             return
         xml = dom.XMLDesc(0).encode()
         digest = hashlib.sha256(xml).hexdigest()
@@ -340,7 +399,7 @@ class Watcher:
                 p = plan(errors, live_devices(xml), policy.mode)
         decision, note = p.action, p.reason
         if p.action == DETACH:
-            decision, note = self._detach(dom, p, live_devices(xml), errors)
+            decision, note = self._detach(dom, p, xml)
         elif p.action == DESTROY:
             decision, note = self._destroy(dom, note)
         if quiet_if_unchanged and decision == ALLOW:
@@ -349,42 +408,70 @@ class Watcher:
         self._audit(decision=decision, reason=note, aliases=list(p.aliases),
                     findings=finding_records(errors), **fields)
 
-    def _detach(self, dom, p: Plan, devices, errors):
-        import libvirt
-
+    def _detach(self, dom, p: Plan, xml: bytes):
+        """Detach, wait, judge again. A device hot-plugged meanwhile gets the
+        same treatment, for a few rounds; then the domain is destroyed."""
         from . import domain, engine
 
+        detached: list[str] = []
+        first = p.reason
+        for _ in range(DETACH_ROUNDS):
+            failed = self._request_detach(dom, p.aliases, live_devices(xml))
+            if failed:
+                return self._destroy(dom, f"{first}; {failed}")
+            xml, left = self._wait_gone(dom, [d for d in live_devices(xml) if d.alias in p.aliases])
+            if xml is None:
+                return DESTROY, f"{first}; the domain stopped during detach"
+            if left:
+                return self._destroy(dom, f"{first}; detach of {', '.join(left)} did not complete "
+                                          f"within {self.opts.detach_timeout:g} s")
+            detached += [a for a in p.aliases if a not in detached]
+            policy, problem = self.policy.current(self.log)
+            if policy is None:
+                break  # only the added device was refused; nothing more to judge by
+            after = engine.evaluate(domain.parse_bytes(xml, f"{dom.name()} (live)"), policy, live=True).errors
+            p = plan(after, live_devices(xml), policy.mode)
+            if p.action in (ALLOW, AUDIT_ALLOW):
+                break
+            if p.action != DETACH:
+                return self._destroy(dom, f"{first}; still non-compliant after detach: {p.reason}")
+        else:
+            return self._destroy(dom, f"{first}; still non-compliant after {DETACH_ROUNDS} detach rounds")
+        return DETACH, f"{first}; detached {', '.join(detached)}"
+
+    def _request_detach(self, dom, aliases, devices) -> str | None:
+        """Cut each NIC's link, then ask for the unplug. Returns why it failed, or None."""
+        import libvirt
+
         by_alias = {d.alias: d for d in devices if d.alias}
-        for alias in p.aliases:
+        for alias in aliases:
             dev = by_alias.get(alias)
             if dev is not None and dev.tag == _NIC:
-                try:  # cut the NIC off now; the unplug itself may wait for the guest
+                try:  # takes effect at once; a PCI unplug waits for the guest
                     dom.updateDeviceFlags(link_down_xml(dev.xml).decode(), libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 except libvirt.libvirtError as exc:
                     self.log(f"{dom.name()}: cannot set link down on {alias}: {exc}")
             try:
                 dom.detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             except libvirt.libvirtError as exc:
-                return self._destroy(dom, f"{p.reason}; detach of {alias} failed: {exc}")
+                return f"detach of {alias} failed: {exc}"
+        return None
+
+    def _wait_gone(self, dom, targets):
+        """(live XML, aliases still present) once the targets are gone or the
+        timeout passes; (None, []) if the domain stopped. A device is matched
+        by its content, not its alias alone: libvirt reuses a freed alias for
+        the next device attached."""
+        keys = {device_key(d): d.alias for d in targets}
         deadline = time.monotonic() + self.opts.detach_timeout
         while True:
             if not dom.isActive():
-                return DESTROY, f"{p.reason}; the domain stopped during detach"
+                return None, []
             xml = dom.XMLDesc(0).encode()
-            left = [a for a in p.aliases if f"<alias name='{a}'/>".encode() in xml]
-            if not left:
-                break
-            if time.monotonic() >= deadline:
-                return self._destroy(dom, f"{p.reason}; detach of {', '.join(left)} did not complete "
-                                          f"within {self.opts.detach_timeout:g} s")
+            left = [keys[k] for k in (device_key(d) for d in live_devices(xml)) if k in keys]
+            if not left or time.monotonic() >= deadline:
+                return xml, left
             time.sleep(0.05)
-        policy, problem = self.policy.current(self.log)
-        if policy is not None:
-            after = engine.evaluate(domain.parse_bytes(xml, f"{dom.name()} (live)"), policy, live=True).errors
-            if after:
-                ids = ", ".join(dict.fromkeys(f.rule for f in after))
-                return self._destroy(dom, f"{p.reason}; still non-compliant after detach: {ids}")
-        return DETACH, f"{p.reason}; detached {', '.join(p.aliases)}"
 
     def _destroy(self, dom, reason: str):
         import libvirt
@@ -398,7 +485,7 @@ class Watcher:
 
     def _error(self, dom, why, exc) -> None:
         try:
-            name, uuid = dom.name(), dom.UUIDString()
+            name, uuid = dom.name(), dom.UUIDString()  # dom may be None
         except Exception:  # noqa: BLE001
             name, uuid = "?", None
         self.log(f"{name} {why}: error: {type(exc).__name__}: {exc}")
@@ -417,7 +504,7 @@ class Watcher:
         while not self.stop.is_set():
             try:
                 self._connect()
-                self.sweep("reconnect" if self.connected_once else "startup")
+                self.sweep("reconnect" if self.connected_once else "startup", wait=True)
             except libvirt.libvirtError as exc:
                 self._disconnect()
                 self.log(f"cannot use {self.opts.uri}: {exc}; retrying in {backoff:g} s")
@@ -432,6 +519,11 @@ class Watcher:
             self._disconnect()
             if not self.stop.is_set():
                 self.log(f"lost the connection to {self.opts.uri}; reconnecting")
+        # Let a detach in progress finish or give up before exiting.
+        end = time.monotonic() + self.opts.detach_timeout + 5
+        with self.idle:
+            while self.busy and time.monotonic() < end:
+                self.idle.wait(0.5)
         return 0
 
     def _serve(self) -> None:
@@ -449,18 +541,8 @@ class Watcher:
             try:
                 if item is not None and item[0] == "closed":
                     return
-                if item is not None and item[0] == "check":
-                    _, uuid, why, alias = item
-                    try:
-                        dom = self.conn.lookupByUUIDString(uuid)
-                    except libvirt.libvirtError:
-                        continue  # gone already
-                    try:
-                        self.check(dom, why, alias)
-                    except libvirt.libvirtError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - never die on one bad domain
-                        self._error(dom, why, exc)
+                if item is not None and item[0] == "check" and wanted(item[2], self.opts.domains):
+                    self._dispatch(item[1], *item[3])
                 if self.opts.rescan_interval > 0 and time.monotonic() >= next_rescan:
                     # update-device and friends raise no event: look again now and then.
                     self.sweep("rescan", quiet_if_unchanged=True)

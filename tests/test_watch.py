@@ -135,6 +135,19 @@ def test_link_down_replaces_the_link_state():
     assert out.count("<link") == 1 and "state=\"down\"" in out and "net1" in out
 
 
+def test_a_reused_alias_is_a_different_device():
+    # libvirt hands a freed alias to the next device: the detach wait must not
+    # mistake a new NIC for the one it removed.
+    def dev(mac, link=""):
+        xml = (f"<interface type='user'><mac address='{mac}'/><model type='usb-net'/>{link}"
+               f"<alias name='net1'/></interface>").encode()
+        return watch.Device("interface", "net1", 1, 1, xml)
+    assert watch.device_key(dev("00:11:22:33:44:66")) != watch.device_key(dev("00:11:22:33:44:67"))
+    # ...while the link state the watcher sets does not make it a new one.
+    assert watch.device_key(dev("00:11:22:33:44:66")) == \
+        watch.device_key(dev("00:11:22:33:44:66", "<link state='down'/>"))
+
+
 def test_domain_globs():
     assert watch.wanted("anything", ())
     assert watch.wanted("qwtest-watch-1", ("qwtest-watch-*",))
@@ -194,7 +207,7 @@ def load_policy_text(text: str):
 class Watcher:
     """One `qwamos-policy watch` process, ended by its PID."""
 
-    def __init__(self, tmp_path, glob: str, policy_text: str, uri: str = e2e.URI):
+    def __init__(self, tmp_path, glob: str, policy_text: str, uri: str = e2e.URI, detach_timeout: float = 1):
         self.dir = tmp_path / "watch"
         self.dir.mkdir(exist_ok=True)
         self.policy = self.dir / "policy.yaml"
@@ -209,7 +222,7 @@ class Watcher:
         self.stderr = open(self.dir / "stderr", "w")
         self.proc = subprocess.Popen(
             [PY, "-m", "qwamos_hooks.cli", "--policy", str(self.policy), "watch", "--connect", uri, "--domain", glob,
-             "--detach-timeout", "1", "--rescan-interval", "0",
+             "--detach-timeout", str(detach_timeout), "--rescan-interval", "0",
              "--ready-file", str(self.ready), "--pidfile", str(self.pidfile)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.stderr)
         if not e2e.wait_for(lambda: self.ready.exists() or self.proc.poll() is not None, timeout=20):
@@ -282,8 +295,8 @@ def names():
 def watchers(tmp_path):
     started = []
 
-    def start(glob, policy_text=None):
-        w = Watcher(tmp_path, glob, policy_text if policy_text is not None else open(DEFAULT_YAML).read())
+    def start(glob, policy_text=None, **kw):
+        w = Watcher(tmp_path, glob, policy_text if policy_text is not None else open(DEFAULT_YAML).read(), **kw)
         started.append(w)
         return w
 
@@ -392,6 +405,22 @@ def test_startup_sweep_catches_a_device_added_before_the_watcher(host, tmp_path,
     rec = w.wait_record(name, lambda r: r["trigger"] == "startup", timeout=1)
     assert rec["decision"] == "detach"
     assert w.wait_record(other, lambda r: r["trigger"] == "startup", timeout=1)["decision"] == "allow"
+
+
+def test_a_slow_detach_on_one_vm_does_not_delay_another(host, tmp_path, names, watchers):
+    # Without a guest OS the PCI unplug on VM a never completes: the watcher
+    # waits --detach-timeout for it. VM b's check must not queue behind it.
+    a, b = names("a"), names("b")
+    w = watchers(names.glob, detach_timeout=4)
+    start_vm(tmp_path, a)
+    start_vm(tmp_path, b)
+    attach(tmp_path, a, BAD_PCI_NIC)
+    assert e2e.wait_for(lambda: "<link state='down'/>" in live_xml(a) or e2e.state(a) != "running", timeout=2)
+    attach(tmp_path, b, BAD_USB_NIC.format(last="72"))
+    assert e2e.wait_for(lambda: "00:11:22:33:44:72" not in live_xml(b), timeout=2), \
+        f"VM b waited for VM a's detach: {w.log()}"
+    assert e2e.state(a) == "running", "VM a should still be inside its detach timeout"
+    assert w.wait_record(a, lambda r: r["trigger"] == "device-added", timeout=10)["decision"] == "destroy"
 
 
 def test_watcher_stops_cleanly_on_sigterm_and_keeps_the_audit_chain(host, tmp_path, names, watchers):
