@@ -122,8 +122,9 @@ chmod 0755 "$tmp"
 mv -f "$tmp" "$hook"
 say "installed hook $hook"
 
-if "$venv/bin/qwamos-policy" fw --help >/dev/null 2>&1; then
-  "$venv/bin/qwamos-policy" fw init && say "nftables tables in place"
-fi
+# One transaction: creates our tables, or rebuilds them (re-registering running
+# VMs) when an upgrade changed their layout.
+"$venv/bin/qwamos-policy" fw init --rebuild >/dev/null || die "could not create the nftables tables"
+say "nftables tables in place (inet qwamos, bridge qwamos)"
 hup_libvirtd
 say "done"
