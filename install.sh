@@ -11,7 +11,8 @@
 #   - the package itself into that venv
 #   - /etc/qwamos/policy.yaml, only if absent (never overwritten)
 #   - the hook as /etc/libvirt/hooks/qemu.d/50-qwamos (never touches hooks/qemu)
-#   - our nftables tables, then SIGHUP to a running libvirtd so it sees the hook
+#   - our nftables tables, the watcher's systemd unit (not started), bash completion
+#   - then SIGHUP to a running libvirtd so it sees the hook
 #
 # Environment: QWAMOS_SKIP_APT=1 skips the package step (already installed),
 # QWAMOS_PREFIX moves the venv, QWAMOS_HOOK_NAME renames the hook file,
@@ -52,7 +53,12 @@ if [ "${1:-}" = "--uninstall" ]; then
     say "kept $etc/policy.yaml (edited by you)"
   fi
   rmdir "$etc" 2>/dev/null || true
-  rm -f /usr/local/bin/qwamos-policy /usr/local/sbin/qwamos-hook
+  rm -f /usr/local/bin/qwamos-policy /usr/local/sbin/qwamos-hook /etc/bash_completion.d/qwamos-policy
+  if [ -f /etc/systemd/system/qwamos-watch.service ]; then
+    systemctl disable --now qwamos-watch 2>/dev/null || true
+    rm -f /etc/systemd/system/qwamos-watch.service
+    systemctl daemon-reload 2>/dev/null || true
+  fi
   rm -rf "$venv" && say "removed $venv"
   rmdir "$prefix" 2>/dev/null || true
   say "kept the audit log and sealed keys in /var/lib/qwamos (remove by hand if wanted)"
@@ -126,5 +132,16 @@ say "installed hook $hook"
 # VMs) when an upgrade changed their layout.
 "$venv/bin/qwamos-policy" fw init --rebuild >/dev/null || die "could not create the nftables tables"
 say "nftables tables in place (inet qwamos, bridge qwamos)"
+# The watcher enforces the policy on devices hot-plugged into running VMs
+# (libvirt runs no hook for those). It is a daemon: installed, not started.
+if [ -d /run/systemd/system ]; then
+  install -m 0644 "$src/contrib/qwamos-watch.service" /etc/systemd/system/qwamos-watch.service
+  systemctl daemon-reload
+  say "installed qwamos-watch.service; enable it with: systemctl enable --now qwamos-watch"
+else
+  say "no systemd: run '$venv/bin/qwamos-policy watch' under your service manager (docs/watch.md)"
+fi
+bash_completion=/etc/bash_completion.d
+[ -d "$bash_completion" ] && install -m 0644 "$src/contrib/completion/qwamos-policy.bash" "$bash_completion/qwamos-policy"
 hup_libvirtd
 say "done"

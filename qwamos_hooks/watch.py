@@ -341,17 +341,19 @@ class Watcher:
                 self.busy[uuid].append((why, added, quiet))
                 return
             self.busy[uuid] = []
-        threading.Thread(target=self._domain_worker, args=(self.conn, uuid, why, added, quiet),
+        threading.Thread(target=self._domain_worker, args=(uuid, why, added, quiet),
                          name=f"check-{uuid}", daemon=True).start()
 
-    def _domain_worker(self, conn, uuid, why, added, quiet) -> None:
+    def _domain_worker(self, uuid, why, added, quiet) -> None:
         import libvirt
 
         while True:
             dom = None
+            conn = self.conn  # the current one: checks queued before a reconnect run on the new one
             try:
-                dom = conn.lookupByUUIDString(uuid)
-                self.check(dom, why, added, quiet)
+                if conn is not None:
+                    dom = conn.lookupByUUIDString(uuid)
+                    self.check(dom, why, added, quiet)
             except libvirt.libvirtError as exc:
                 # The domain went away meanwhile, or the connection did (the
                 # sweep after the reconnect looks again).
@@ -377,11 +379,13 @@ class Watcher:
         if not dom.isActive():
             return
         xml = dom.XMLDesc(0).encode()
-        digest = hashlib.sha256(xml).hexdigest()
+        policy, problem = self.policy.current(self.log)
+        # A rescan stays quiet about a domain it has judged before, unless its
+        # XML or the policy changed since.
+        digest = hashlib.sha256(xml).hexdigest() + (policy.digest if policy is not None else "-")
         if quiet_if_unchanged and self.seen.get(uuid) == digest:
             return
         self.seen[uuid] = digest
-        policy, problem = self.policy.current(self.log)
         fields = {"vm": name, "uuid": uuid, "trigger": why, "device": added}
         if policy is None:
             p, errors = plan_unjudged(problem, added), ()
@@ -500,6 +504,7 @@ class Watcher:
         libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions
         libvirt.virEventRegisterDefaultImpl()
         threading.Thread(target=_event_loop, name="libvirt-events", daemon=True).start()
+        self.policy.current(self.log)  # say at once which policy applies, or why none does
         backoff = 0.5
         while not self.stop.is_set():
             try:
@@ -513,7 +518,10 @@ class Watcher:
                 continue
             self.log(f"watching {self.opts.uri} (domains: {', '.join(self.opts.domains) or 'all'})")
             if self.opts.ready_file:
-                _write_file(self.opts.ready_file, f"{os.getpid()}\n")
+                try:
+                    _write_file(self.opts.ready_file, f"{os.getpid()}\n")
+                except OSError as exc:
+                    self.log(f"cannot write {self.opts.ready_file}: {exc.strerror or exc}")
             backoff, self.connected_once = 0.5, True
             self._serve()
             self._disconnect()

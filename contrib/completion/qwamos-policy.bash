@@ -8,11 +8,11 @@ _qwamos_policy() {
         w="${COMP_WORDS[i]}"
         if ((skip)); then skip=0; continue; fi
         case "$w" in
-            --backend|--connect|--deliver|--fail-on|--format|--group|--jobs|--luks-device|--luks-key-file|--output|--owner|--pcr-bank|--pcrs|--policy|--reason|--recovery-key|--rotation-days|-c|-f|-j|-o) skip=1; continue ;;
+            --backend|--connect|--deliver|--detach-timeout|--domain|--fail-on|--format|--group|--jobs|--log-file|--luks-device|--luks-key-file|--output|--owner|--pcr-bank|--pcrs|--pidfile|--policy|--ready-file|--reason|--recovery-key|--rescan-interval|--rotation-days|-c|-f|-j|-o) skip=1; continue ;;
             -*) continue ;;
         esac
         case "$cmd|$w" in
-            "|check"|"|rules"|"|explain"|"|policy"|"|audit"|"|completion"|"|fw"|"|keys"|"policy|validate"|"policy|show"|"audit|verify"|"fw|init"|"fw|show"|"fw|status"|"fw|reconcile"|"keys|enroll"|"keys|rotate"|"keys|emergency-rotate"|"keys|reseal"|"keys|list"|"keys|status"|"keys|pin"|"keys|wipe") cmd="${cmd:+$cmd }$w" ;;
+            "|check"|"|rules"|"|explain"|"|policy"|"|audit"|"|completion"|"|watch"|"|fw"|"|keys"|"policy|validate"|"policy|show"|"audit|verify"|"fw|init"|"fw|uninstall"|"fw|show"|"fw|status"|"fw|reconcile"|"keys|enroll"|"keys|rotate"|"keys|emergency-rotate"|"keys|reseal"|"keys|list"|"keys|status"|"keys|pin"|"keys|wipe") cmd="${cmd:+$cmd }$w" ;;
         esac
     done
     case "$cmd|$prev" in
@@ -21,6 +21,8 @@ _qwamos_policy() {
         "check|--fail-on") COMPREPLY=($(compgen -W "error warning" -- "$cur")); return ;;
         "check|--connect") COMPREPLY=($(compgen -W "qemu:///system qemu:///session" -- "$cur")); return ;;
         "check|-c") COMPREPLY=($(compgen -W "qemu:///system qemu:///session" -- "$cur")); return ;;
+        "watch|--connect") COMPREPLY=($(compgen -W "qemu:///system qemu:///session" -- "$cur")); return ;;
+        "watch|-c") COMPREPLY=($(compgen -W "qemu:///system qemu:///session" -- "$cur")); return ;;
         "keys enroll|--connect") COMPREPLY=($(compgen -W "qemu:///system qemu:///session" -- "$cur")); return ;;
         "keys enroll|-c") COMPREPLY=($(compgen -W "qemu:///system qemu:///session" -- "$cur")); return ;;
         "keys enroll|--pcr-bank") COMPREPLY=($(compgen -W "sha1 sha256 sha384 sha512" -- "$cur")); return ;;
@@ -54,8 +56,10 @@ _qwamos_policy() {
         "audit") w="-h --help" ;;
         "audit verify") w="-h --help" ;;
         "completion") w="-h --help" ;;
+        "watch") w="-h --help --connect -c --domain --detach-timeout --rescan-interval --ready-file --pidfile --log-file" ;;
         "fw") w="-h --help" ;;
-        "fw init") w="-h --help" ;;
+        "fw init") w="-h --help --rebuild" ;;
+        "fw uninstall") w="-h --help" ;;
         "fw show") w="-h --help --json" ;;
         "fw status") w="-h --help --json" ;;
         "fw reconcile") w="-h --help" ;;
@@ -73,12 +77,12 @@ _qwamos_policy() {
         return
     fi
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "check rules explain policy audit completion fw keys" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "check rules explain policy audit completion watch fw keys" -- "$cur")) ;;
         "policy") COMPREPLY=($(compgen -W "validate show" -- "$cur")) ;;
         "audit") COMPREPLY=($(compgen -W "verify" -- "$cur")) ;;
-        "fw") COMPREPLY=($(compgen -W "init show status reconcile" -- "$cur")) ;;
+        "fw") COMPREPLY=($(compgen -W "init uninstall show status reconcile" -- "$cur")) ;;
         "keys") COMPREPLY=($(compgen -W "enroll rotate emergency-rotate reseal list status pin wipe" -- "$cur")) ;;
-        "explain") COMPREPLY=($(compgen -W "QW001 QW101 QW102 QW103 QW104 QW105 QW106 QW107 QW109 QW110 QW111 QW112 QW113 QW120 QW201 QW202 QW203 QW204 QW210 QW300 QW301 QW302 QW303 QW304 QW501 QW502 QW503 QW504" -- "${cur^^}")) ;;
+        "explain") COMPREPLY=($(compgen -W "QW001 QW101 QW102 QW103 QW104 QW105 QW106 QW107 QW109 QW110 QW111 QW112 QW113 QW120 QW130 QW131 QW132 QW201 QW202 QW203 QW204 QW210 QW300 QW301 QW302 QW303 QW304 QW501 QW502 QW503 QW504 QW505" -- "${cur^^}")) ;;
         *) COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }
