@@ -16,6 +16,7 @@ demo: install
 
 test: install
 	scripts/test-env.sh
+	$(PY) -m pip install -q --disable-pip-version-check "pytest>=7" 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -m pytest tests
 
 bench: install
