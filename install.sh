@@ -40,24 +40,33 @@ hup_libvirtd() {
   done
 }
 
+ours() { [ "$(readlink "$1" 2>/dev/null)" = "$venv/bin/$(basename "$1")" ]; }
+
 if [ "${1:-}" = "--uninstall" ]; then
   if [ -f "$hook" ] && grep -qF "$marker" "$hook"; then
     rm -f "$hook" && say "removed $hook"
   fi
-  if [ -x "$venv/bin/qwamos-policy" ]; then
-    "$venv/bin/qwamos-policy" fw uninstall 2>/dev/null && say "removed nftables tables" || true
-  fi
-  if [ -f "$etc/policy.yaml" ] && cmp -s "$etc/policy.yaml" "$src/qwamos_hooks/data/default.yaml"; then
-    rm -f "$etc/policy.yaml" && say "removed unmodified $etc/policy.yaml"
-  elif [ -f "$etc/policy.yaml" ]; then
-    say "kept $etc/policy.yaml (edited by you)"
-  fi
-  rmdir "$etc" 2>/dev/null || true
-  rm -f /usr/local/bin/qwamos-policy /usr/local/sbin/qwamos-hook /etc/bash_completion.d/qwamos-policy
-  if [ -f /etc/systemd/system/qwamos-watch.service ]; then
-    systemctl disable --now qwamos-watch 2>/dev/null || true
-    rm -f /etc/systemd/system/qwamos-watch.service
-    systemctl daemon-reload 2>/dev/null || true
+  ours /usr/local/bin/qwamos-policy && rm -f /usr/local/bin/qwamos-policy
+  # Host-wide pieces go with the last installation of the hook, not before:
+  # another prefix may still be installed and enforcing.
+  if grep -qlF "$marker" "$hookdir"/* 2>/dev/null; then
+    say "another qwamos hook is still installed: kept the nftables tables, policy and unit"
+  else
+    if [ -x "$venv/bin/qwamos-policy" ]; then
+      "$venv/bin/qwamos-policy" fw uninstall >/dev/null 2>&1 && say "removed nftables tables" || true
+    fi
+    if [ -f "$etc/policy.yaml" ] && cmp -s "$etc/policy.yaml" "$src/qwamos_hooks/data/default.yaml"; then
+      rm -f "$etc/policy.yaml" && say "removed unmodified $etc/policy.yaml"
+    elif [ -f "$etc/policy.yaml" ]; then
+      say "kept $etc/policy.yaml (it differs from this version's default policy)"
+    fi
+    rmdir "$etc" 2>/dev/null || true
+    rm -f /etc/bash_completion.d/qwamos-policy
+    if [ -f /etc/systemd/system/qwamos-watch.service ]; then
+      systemctl disable --now qwamos-watch 2>/dev/null || true
+      rm -f /etc/systemd/system/qwamos-watch.service
+      systemctl daemon-reload 2>/dev/null || true
+    fi
   fi
   rm -rf "$venv" && say "removed $venv"
   rmdir "$prefix" 2>/dev/null || true
@@ -89,14 +98,23 @@ editable=; [ "${QWAMOS_EDITABLE:-0}" = 1 ] && editable=-e
 "$venv/bin/python3" -c "import qwamos_hooks.hook, nftables, libvirt" \
   || die "the venv cannot import qwamos_hooks, nftables or libvirt"
 say "installed qwamos-hooks $("$venv/bin/python3" -c 'import qwamos_hooks; print(qwamos_hooks.__version__)') into $venv"
-ln -sf "$venv/bin/qwamos-policy" /usr/local/bin/qwamos-policy
+link=/usr/local/bin/qwamos-policy
+if [ ! -e "$link" ] || ours "$link"; then
+  ln -sfn "$venv/bin/qwamos-policy" "$link"
+else
+  say "left $link alone (it belongs to another installation); use $venv/bin/qwamos-policy"
+fi
 
 install -d -m 0755 "$etc"
 if [ ! -e "$etc/policy.yaml" ]; then
   install -m 0644 "$src/qwamos_hooks/data/default.yaml" "$etc/policy.yaml"
   say "wrote $etc/policy.yaml (the built-in default policy)"
 else
-  say "kept existing $etc/policy.yaml"
+  if cmp -s "$etc/policy.yaml" "$src/qwamos_hooks/data/default.yaml"; then
+    say "kept existing $etc/policy.yaml (same as this version's default)"
+  else
+    say "kept existing $etc/policy.yaml (differs from this version's default: compare with $src/policies/default.yaml)"
+  fi
   "$venv/bin/qwamos-policy" policy validate "$etc/policy.yaml" >/dev/null \
     || say "WARNING: $etc/policy.yaml is invalid: every VM start will be refused until it is fixed"
 fi

@@ -25,10 +25,16 @@ GROUPS = {
 
 
 def _load_policy(args):
+    """--policy, else $QWAMOS_POLICY, else the host's /etc/qwamos/policy.yaml
+    (what the hook enforces), else the built-in default. A file that is named
+    explicitly must exist; the host file may be absent."""
+    from .paths import DEFAULT_POLICY
     from .policy import load_policy
 
     path = args.policy or os.environ.get("QWAMOS_POLICY")
-    return load_policy(path) if path else load_policy(None)
+    if path:
+        return load_policy(path)
+    return load_policy(DEFAULT_POLICY, missing_ok=True)
 
 
 def _parse_outputs(values):
@@ -84,14 +90,7 @@ def cmd_check(args) -> int:
             print("qwamos-policy: check needs PATH... (or --connect URI)", file=sys.stderr)
             return EXIT_INPUT
     try:
-        if args.connect and not (args.policy or os.environ.get("QWAMOS_POLICY")):
-            # A host audit judges by what the hook enforces there: the host policy.
-            from .paths import DEFAULT_POLICY
-            from .policy import load_policy
-
-            policy = load_policy(DEFAULT_POLICY, missing_ok=True)
-        else:
-            policy = _load_policy(args)
+        policy = _load_policy(args)
     except PolicyError as exc:
         print(f"qwamos-policy: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -206,7 +205,8 @@ def cmd_audit_verify(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qwamos-policy", description="Check libvirt domain XML against a qwamos policy.")
-    ap.add_argument("--policy", help="policy file (default: $QWAMOS_POLICY, else the built-in default)")
+    ap.add_argument("--policy", help="policy file (default: $QWAMOS_POLICY, else /etc/qwamos/policy.yaml "
+                                     "if present, else the built-in default)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser(

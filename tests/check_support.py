@@ -47,9 +47,17 @@ def write_policy(base, text: str, name: str = "policy.yaml") -> str:
 
 
 def run(*argv) -> tuple[int, str, str]:
+    """The CLI in-process, as on a machine without /etc/qwamos/policy.yaml
+    (a CI runner): without --policy it judges by the built-in default."""
+    from qwamos_hooks import paths
+
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = cli.main([str(a) for a in argv])
+    host, paths.DEFAULT_POLICY = paths.DEFAULT_POLICY, "/nonexistent/qwamos/policy.yaml"
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = cli.main([str(a) for a in argv])
+    finally:
+        paths.DEFAULT_POLICY = host
     return code, out.getvalue(), err.getvalue()
 
 

@@ -7,6 +7,7 @@ import pytest
 from qwamos_hooks import cli
 
 from .domains import domain_xml, nic
+from .test_corpus import BUILTIN
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def run(capsys, *args):
 
 
 def test_exit_codes(files, capsys, monkeypatch):
-    monkeypatch.delenv("QWAMOS_POLICY", raising=False)
+    monkeypatch.setenv("QWAMOS_POLICY", BUILTIN)
     assert run(capsys, "check", files / "ok.xml")[0] == 0
     code, out, _ = run(capsys, "check", files / "bad.xml")
     assert code == 1 and "bad.xml:" in out and "QW102" in out and "hint:" in out
@@ -49,7 +50,7 @@ def test_exit_codes(files, capsys, monkeypatch):
 
 
 def test_folder_skips_other_xml(files, capsys, monkeypatch):
-    monkeypatch.delenv("QWAMOS_POLICY", raising=False)
+    monkeypatch.setenv("QWAMOS_POLICY", BUILTIN)
     (files / "broken.xml").unlink()
     (files / "net.xml").unlink()
     code, out, _ = run(capsys, "check", "--format", "json", files)
@@ -78,3 +79,17 @@ def test_policy_validate_and_show(files, capsys):
     assert code == 2 and "profiles.default.interfaces.allowed_models" in err
     code, out, _ = run(capsys, "--policy", files / "policy.yaml", "policy", "show")
     assert code == 0 and json.loads(out)["settings"]["interfaces"]["allowed_models"] == ["e1000"]
+
+
+def test_host_policy_is_the_default_when_present(tmp_path, capsys, monkeypatch):
+    from qwamos_hooks import paths
+
+    host = tmp_path / "host.yaml"
+    host.write_text("version: 1\nprofiles: {default: {interfaces: {allowed_models: [e1000]}}}\n")
+    bad = tmp_path / "bad.xml"
+    bad.write_text(domain_xml(nics=[nic(model="e1000")]))
+    monkeypatch.delenv("QWAMOS_POLICY", raising=False)
+    monkeypatch.setattr(paths, "DEFAULT_POLICY", str(host))
+    assert run(capsys, "check", bad)[0] == 0  # judged by the host policy
+    monkeypatch.setattr(paths, "DEFAULT_POLICY", str(tmp_path / "absent.yaml"))
+    assert run(capsys, "check", bad)[0] == 1  # no host policy: the built-in default

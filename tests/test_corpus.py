@@ -13,14 +13,19 @@ CLI = [sys.executable, "-m", "qwamos_hooks.cli"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+BUILTIN = os.path.join(ROOT, "qwamos_hooks", "data", "default.yaml")
+
+
 def check(*args, env=None):
-    e = dict(os.environ, **(env or {}))
-    e.pop("QWAMOS_POLICY", None)
+    # The built-in default policy, whatever /etc/qwamos/policy.yaml says on this host.
+    e = dict(os.environ, QWAMOS_POLICY=BUILTIN, **(env or {}))
     return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=ROOT, env=e)
 
 
 @pytest.fixture(scope="module")
 def corpus_report():
+    if not os.path.isdir(CORPUS):
+        pytest.fail(f"libvirt domain XML corpus not found at {CORPUS}: set QWAMOS_CORPUS to its folder")
     p = check("check", CORPUS, "--format", "json")
     assert p.returncode == 1, p.stderr  # violations, and no input errors
     assert p.stderr == "" or "Traceback" not in p.stderr

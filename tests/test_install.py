@@ -50,10 +50,15 @@ def test_install_twice_then_uninstall(prefix):
         assert p.returncode == 0, p.stderr
         assert open(hook).read() == first
         assert "kept existing /etc/qwamos/policy.yaml" in p.stdout
+        assert os.path.realpath("/usr/local/bin/qwamos-policy").startswith("/opt/qwamos/")  # the main install keeps its command
 
         p = install(prefix, "--uninstall")
         assert p.returncode == 0, p.stderr
         assert not os.path.exists(hook) and not os.path.exists(f"{prefix}/venv")
+        # The main installation is untouched: its command, its hook, the nft tables.
+        assert "another qwamos hook is still installed" in p.stdout
+        assert os.path.realpath("/usr/local/bin/qwamos-policy").startswith("/opt/qwamos/")
+        assert subprocess.run(["nft", "list", "table", "inet", "qwamos"], capture_output=True).returncode == 0
         assert open(FOREIGN, "rb").read() == foreign_before
         assert install(prefix, "--bogus").returncode == 2
     finally:

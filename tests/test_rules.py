@@ -100,6 +100,15 @@ def test_vhost(driver, expect):
         assert ("QW120" in ids(domain_xml(nics=[nic(t, driver=driver, source="<source bridge='br0'/>" if t == "bridge" else None)]))) == expect
 
 
+def test_vhost_is_asked_of_virtio_nics_only(tmp_path):
+    p = tmp_path / "legacy.yaml"
+    p.write_text("version: 1\nprofiles:\n  default:\n    interfaces: {allowed_models: [virtio, e1000]}\n")
+    legacy = load_policy(str(p))
+    assert ids(domain_xml(nics=[nic(model="e1000", driver=None)]), legacy) == []
+    assert ids(domain_xml(nics=[nic(model="virtio", driver=None)]), legacy) == ["QW120"]
+    assert ids(domain_xml(nics=[nic(model=None, driver=None)], arch="aarch64", machine="virt"), legacy) == ["QW120"]
+
+
 def test_backend_vhost_redirect():
     assert "QW120" in ids(domain_xml(nics=[nic(extra="<backend tap='/dev/net/tun' vhost='/dev/zero'/>")]))
 

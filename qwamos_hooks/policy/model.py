@@ -89,7 +89,9 @@ class Policy(NamedTuple):
             resolve(name, ())
         default_profile = raw.get("default_profile", "default")
         if default_profile not in resolved:
-            raise PolicyError(f"{source}: default_profile: unknown profile '{default_profile}'")
+            hint = ("add a profile named 'default' under profiles, or set default_profile"
+                    if "default_profile" not in raw else f"no profile named '{default_profile}' under profiles")
+            raise PolicyError(f"{source}: default_profile: {hint}")
         assign = tuple(raw.get("assign") or ())
         for i, entry in enumerate(assign):
             for p in ([entry["profile"]] if "profile" in entry else []) + list(entry.get("metadata", [])):
