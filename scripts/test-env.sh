@@ -21,8 +21,8 @@ state=/run/qwamos
 # Never mount over state a running VM depends on.
 if [ "$(stat -f -c %T "$(dirname "$state")")" != tmpfs ] && ! mountpoint -q "$state" \
    && [ -z "$(find "$state" -type f 2>/dev/null | head -1)" ]; then
-  install -d -m 0700 "$state"
-  mount -t tmpfs -o mode=0700,size=64m qwamos-run "$state"
+  install -d -m 0711 "$state"
+  mount -t tmpfs -o mode=0711,size=64m qwamos-run "$state"
   echo "test-env: mounted a tmpfs on $state (/run is not tmpfs here)"
 fi
 

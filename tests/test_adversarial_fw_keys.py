@@ -554,5 +554,5 @@ def test_enrol_with_sha1_pcr_bank_works(kenv_adv):
     e = kenv_adv
     with e.swtpm.tpm() as t:
         assert t.read_pcrs("sha1", (16,)), "precondition: the TPM has a sha1 bank"
-    r = e.cli("enroll", UUID, "legacy", "--pcr-bank", "sha1", "--pcrs", "16")
+    r = e.cli("enroll", UUID, "legacy", "--pcr-bank", "sha1", "--pcrs", "16", "--allow-resettable-pcrs")
     assert r.returncode == 0, r.stderr.strip()

@@ -124,7 +124,7 @@ def test_luks_delivery_fails_here_without_device_mapper(kenv, tmp_path):
     e = kenv
     img, pw = make_luks(tmp_path)
     pwfile = str(tmp_path / "pw")
-    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--deliver", "luks", "--luks-device", img,
+    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--allow-resettable-pcrs", "--deliver", "luks", "--luks-device", img,
               "--luks-key-file", pwfile)
     assert r.returncode == 0, r.stderr
     assert deliver.luks_test(img, e.unseal("disk")) is not None
@@ -177,7 +177,7 @@ def test_rotation_audit_has_no_key_material(kenv):
 
 def test_pin_key_rotation_keeps_the_pin(kenv):
     e = kenv
-    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--pin", input="8642\n")
+    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--allow-resettable-pcrs", "--pin", input="8642\n")
     assert r.returncode == 0, r.stderr
     r = e.cli("rotate", UUID, "disk")
     assert r.returncode == 1 and "PIN-protected" in r.stderr
@@ -188,3 +188,57 @@ def test_pin_key_rotation_keeps_the_pin(kenv):
     e.cli("pin", UUID, "disk", input="8642\n")
     assert e.hook("prepare", "begin").returncode == 0
     e.hook("stopped", "end")
+
+
+def _status(e):
+    r = e.cli("status")
+    return r.returncode, r.stdout
+
+
+def test_crash_after_commit_is_flagged_then_finished_by_rotate_due(kenv, tmp_path):
+    """A retired version left on disk still unseals (and keeps its LUKS keyslot):
+    status fails until `rotate --due` finishes the clean-up, due or not."""
+    e = kenv
+    img, pw = make_luks(tmp_path)
+    manager.enroll(e.lib, UUID, "disk", global_keys=e.global_keys(), audit=audit_append(e.lib),
+                   pcrs=(16,), delivery="luks", luks_device=img, luks_key=pw)
+    old = e.unseal("disk")
+    with pytest.raises(Crash):
+        _rotate(e, crash=crash_at("committed"))
+    code, out = _status(e)
+    assert code == 1 and "retired version v1 still on disk" in out, out
+    r = e.cli("rotate", "--due")
+    assert r.returncode == 0 and "interrupted rotation finished: removed retired v1" in r.stdout, r.stdout
+    assert "no key is due" in r.stdout
+    kdir = store.key_dir(e.lib, UUID, "disk")
+    assert store.versions_on_disk(kdir) == {2}
+    assert deliver.luks_test(img, old) is None and deliver.luks_test(img, e.unseal("disk")) is not None
+    assert _status(e)[0] == 0
+    ev = [a for a in e.audit_events() if a["event"] == "keys.rotate.recover"]
+    assert ev and ev[-1]["outcome"] == "removed retired v1"
+
+
+def test_crash_after_commit_is_finished_at_the_next_start(kenv):
+    e = kenv
+    e.enroll("disk", "--pcrs", "16")
+    with pytest.raises(Crash):
+        _rotate(e, crash=crash_at("committed"))
+    kdir = store.key_dir(e.lib, UUID, "disk")
+    assert store.versions_on_disk(kdir) == {1, 2}
+    assert _hook_delivers(e) == e.unseal("disk")
+    assert store.versions_on_disk(kdir) == {2} and list(_meta(e)["versions"]) == ["2"]
+    assert any(a["event"] == "keys.rotate.recover" and a["outcome"] == "removed retired v1"
+               for a in e.audit_events())
+    assert _status(e)[0] == 0
+
+
+def test_interrupted_uncommitted_rotation_fails_status(kenv):
+    e = kenv
+    e.enroll("disk", "--pcrs", "16")
+    with pytest.raises(Crash):
+        _rotate(e, crash=crash_at("verified"), kind="emergency-rotate", reason="exposed")
+    code, out = _status(e)
+    assert code == 1 and "interrupted rotation to v2, v1 still current" in out, out
+    r = e.cli("rotate", "--due")
+    assert r.returncode == 0 and "rolled forward to v2" in r.stdout, r.stdout
+    assert _status(e)[0] == 0

@@ -213,13 +213,13 @@ def test_rotation_schedule_from_profile_then_global_then_flag(kenv):
     assert days == {"a": 365, "b": 180, "c": 90}
     with open(e.policy, "w") as fh:
         fh.write("version: 1\nprofiles:\n  default: {}\nkeys:\n  rotation_days: 30\n")
-    r = e.cli("enroll", UUID, "d", "--pcrs", "16")
+    r = e.cli("enroll", UUID, "d", "--pcrs", "16", "--allow-resettable-pcrs")
     assert r.returncode == 2 and "rotation_days" in r.stderr  # schema: 90, 180 or 365 only
 
 
 def test_pin_key_needs_pin_per_start(kenv):
     e = kenv
-    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--pin", input="7531\n")
+    r = e.cli("enroll", UUID, "disk", "--pcrs", "16", "--allow-resettable-pcrs", "--pin", input="7531\n")
     assert r.returncode == 0, r.stderr
     r = e.hook("prepare", "begin")
     assert r.returncode == 1 and "needs a PIN" in r.stderr
@@ -247,3 +247,104 @@ def test_cli_wipe_removes_delivered_keys(kenv):
     assert not os.path.exists(_file(e, "disk")) and deliver.keyring_search(UUID, "kr") is None
     r = e.cli("wipe", UUID)
     assert r.returncode == 0 and "nothing" in r.stdout
+
+
+def test_resettable_only_pcrs_need_an_explicit_flag_and_stay_flagged(kenv, swtpm):
+    e = kenv
+    for pcrs in ("16", "23", "16,23"):
+        r = e.cli("enroll", UUID, "weak", "--pcrs", pcrs)
+        assert r.returncode == 2 and "--allow-resettable-pcrs" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(e.lib, "keys", UUID, "weak", "meta.json"))
+    r = e.cli("enroll", UUID, "weak", "--pcrs", "23", "--allow-resettable-pcrs")
+    assert r.returncode == 0 and "warning: bound only to resettable PCR 23" in r.stderr, r.stderr
+    # PCR 7 is never measured on swtpm and 16 is freshly reset: accepted, but said
+    r = e.cli("enroll", UUID, "zero", "--pcrs", "7,16")
+    assert r.returncode == 0 and "never measured" in r.stderr, r.stderr
+    swtpm.extend16(b"a measurement")
+    r = e.cli("enroll", UUID, "measured", "--pcrs", "7,16")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    swtpm.reset16()
+    lines = {l.split()[1].rstrip(":"): l for l in e.cli("status").stdout.splitlines()}
+    assert "resettable PCR 23" in lines["weak"] and "never measured" in lines["zero"]
+    assert "[" not in lines["measured"]
+
+
+def test_delivery_directory_safety(kenv, tmp_path):
+    """The runtime dir and its parents must be root's and not writable by others;
+    <uuid> must be a real root-owned directory; a key owner who cannot traverse
+    the runtime dir is refused up front."""
+    import pwd
+    import shutil
+    import tempfile
+
+    e = kenv
+    nobody = pwd.getpwnam("nobody")
+    e.enroll("disk", "--pcrs", "16", "--owner", "libvirt-qemu")
+    base = tempfile.mkdtemp(prefix="qwkeys-rt-", dir="/dev/shm")
+    rt = os.path.join(base, "rt")
+
+    def start(runtime_dir):
+        with open(e.policy, "w") as fh:
+            fh.write(f"version: 1\nprofiles:\n  default: {{}}\nkeys:\n  runtime_dir: {runtime_dir}\n")
+        r = e.hook("prepare", "begin")
+        e.hook("stopped", "end")
+        return r
+
+    try:
+        os.chmod(base, 0o755)
+        r = start(rt)  # created on demand, 0711
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(os.stat(rt).st_mode) == 0o711
+        os.chmod(rt, 0o775)
+        r = start(rt)
+        assert r.returncode == 1 and "writable by group or others" in r.stderr
+        os.chmod(rt, 0o700)
+        r = start(rt)
+        assert r.returncode == 1 and "cannot traverse" in r.stderr and rt in r.stderr
+        os.chmod(rt, 0o711)
+        os.mkdir(os.path.join(rt, UUID))
+        os.chown(os.path.join(rt, UUID), nobody.pw_uid, nobody.pw_gid)
+        r = start(rt)
+        assert r.returncode == 1 and "not root" in r.stderr
+        shutil.rmtree(os.path.join(rt, UUID), ignore_errors=True)  # (the wipe may have removed it: it was empty)
+        # a root-owned symlink on the way is followed; one owned by another user is not
+        link = os.path.join(base, "link")
+        os.symlink("rt", link)
+        r = start(link)
+        assert r.returncode == 0, r.stderr
+        os.lchown(link, nobody.pw_uid, nobody.pw_gid)
+        r = start(link)
+        assert r.returncode == 1 and "symlink owned by uid" in r.stderr
+        assert os.listdir(rt) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_owner_reaches_its_key_by_path_and_nobody_lists_it(kenv):
+    import grp
+    import pwd
+
+    e = kenv
+    pwd.getpwnam("libvirt-qemu")
+    os.chmod(e.state, 0o700)  # like a tmpfs mounted mode=0700: the hook adds the search bits
+    e.enroll("disk", "--pcrs", "16", "--owner", "libvirt-qemu")
+    e.enroll("other", "--pcrs", "16", "--owner", "libvirt-qemu", "--group", "nogroup")
+    assert e.hook("prepare", "begin").returncode == 0
+    try:
+        d = os.path.join(e.state, "keys", UUID)
+        assert stat.S_IMODE(os.stat(os.path.join(e.state, "keys")).st_mode) == 0o711
+        # libvirt-qemu is not in nogroup: the directory falls back to traverse-only
+        assert stat.S_IMODE(os.stat(d).st_mode) in (0o710, 0o711)
+        for name in ("disk", "other"):
+            q = subprocess.run(["setpriv", "--reuid=libvirt-qemu", "--regid=libvirt-qemu", "--init-groups",
+                                "cat", os.path.join(d, name)], capture_output=True)
+            assert q.returncode == 0 and q.stdout == e.unseal(name), q.stderr.decode()
+        assert os.stat(os.path.join(d, "other")).st_gid == grp.getgrnam("nogroup").gr_gid
+        q = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "ls", d],
+                           capture_output=True)
+        assert q.returncode != 0  # others may not list the VM's keys
+        q = subprocess.run(["setpriv", "--reuid=libvirt-qemu", "--regid=libvirt-qemu", "--init-groups",
+                            "ls", d], capture_output=True)
+        assert q.returncode != 0  # nor may the owner
+    finally:
+        e.hook("stopped", "end")

@@ -124,3 +124,25 @@ def test_parse_pcrs():
         tpm.parse_pcrs("24")
     with pytest.raises(ValueError):
         tpm.parse_pcrs("x")
+
+
+def test_sha1_bank_seals_unseals_and_names_the_drift(swtpm):
+    """PolicyPCR hashes the sha1 bank's values with the session's sha256."""
+    swtpm.reset16()
+    secret = os.urandom(32)
+    with swtpm.tpm() as t:
+        s = t.seal(secret, bank="sha1", pcrs=(7, 16))
+        assert len(s.pcr_values["16"]) == 40 and _unseal(t, s) == secret
+        t.extend(16, b"firmware", bank="sha1")
+        with pytest.raises(tpm.PCRMismatch) as ei:
+            _unseal(t, s)
+    assert ei.value.changed == [16] and "PCR 16 (sha1) changed" in str(ei.value)
+    swtpm.reset16()
+
+
+def test_policy_pcr_digest_uses_the_session_hash():
+    import hashlib
+
+    values = {7: "00" * 20, 16: "11" * 20}
+    want = hashlib.sha256(bytes(20) + b"\x11" * 20).digest()
+    assert tpm.policy_pcr_digest(values, (16, 7)) == want

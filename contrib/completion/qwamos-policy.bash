@@ -64,10 +64,10 @@ _qwamos_policy() {
         "fw status") w="-h --help --json" ;;
         "fw reconcile") w="-h --help" ;;
         "keys") w="-h --help" ;;
-        "keys enroll") w="-h --help --connect -c --pcrs --pcr-bank --no-pcrs --pin --deliver --luks-device --luks-key-file --owner --group --rotation-days --backend" ;;
+        "keys enroll") w="-h --help --connect -c --pcrs --pcr-bank --no-pcrs --allow-resettable-pcrs --pin --deliver --luks-device --luks-key-file --owner --group --rotation-days --backend" ;;
         "keys rotate") w="-h --help --due --pin --connect -c" ;;
         "keys emergency-rotate") w="-h --help --connect -c --reason --pin" ;;
-        "keys reseal") w="-h --help --connect -c --recovery-key --pcrs --pin" ;;
+        "keys reseal") w="-h --help --connect -c --recovery-key --pcrs --allow-resettable-pcrs --pin" ;;
         "keys list") w="-h --help" ;;
         "keys status") w="-h --help --connect -c" ;;
         "keys pin") w="-h --help --connect -c" ;;

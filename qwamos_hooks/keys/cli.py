@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--pcrs", default=None, help="PCR list, e.g. 7 or 0,2,7 (default 7)")
     p.add_argument("--pcr-bank", default="sha256", choices=("sha1", "sha256", "sha384", "sha512"))
     p.add_argument("--no-pcrs", action="store_true", help="bind to no PCRs (the key then unseals in any boot state)")
+    p.add_argument("--allow-resettable-pcrs", action="store_true",
+                   help="accept a PCR list made only of resettable PCRs (16, 23): such a binding protects nothing")
     p.add_argument("--pin", action="store_true", help="also require a PIN (given per start with 'keys pin')")
     p.add_argument("--deliver", default="file", choices=("file", "keyring", "luks"))
     p.add_argument("--luks-device", help="LUKS volume (file or block device) for --deliver luks")
@@ -53,6 +55,8 @@ def register(sub) -> None:
     vm_args(p)
     p.add_argument("--recovery-key", help="the recovery key shown at enrolment (prompted for if omitted)")
     p.add_argument("--pcrs", default=None, help="new PCR list (default: keep)")
+    p.add_argument("--allow-resettable-pcrs", action="store_true",
+                   help="accept a new PCR list made only of resettable PCRs (16, 23)")
     p.add_argument("--pin", action="store_true", help="the key is PIN-protected: prompt for its PIN")
     p.set_defaults(func=cmd_reseal)
 
@@ -163,6 +167,23 @@ def _pcrs(text: str | None, default):
     return default if text is None else parse_pcrs(text)
 
 
+def _resettable_refusal(pcrs, allowed: bool) -> str | None:
+    from .manager import RESETTABLE_PCRS, only_resettable
+
+    if not only_resettable(pcrs) or allowed:
+        return None
+    return (f"PCR {','.join(map(str, pcrs))}: only resettable PCRs ({', '.join(map(str, sorted(RESETTABLE_PCRS)))}) "
+            "are selected; any process can reset them, so the key would be bound to nothing. "
+            "Add a measured PCR (e.g. 7), or pass --allow-resettable-pcrs to mean it")
+
+
+def _warn_binding(meta: dict) -> None:
+    from . import manager, store
+
+    for w in manager.binding_warnings(meta, store.current(meta)):
+        print(f"qwamos-policy keys: warning: {w}", file=sys.stderr)
+
+
 # -- commands --------------------------------------------------------------------
 
 
@@ -176,6 +197,10 @@ def cmd_enroll(args) -> int:
         pcrs = () if args.no_pcrs else _pcrs(args.pcrs, manager.DEFAULT_PCRS)
         if not pcrs and not args.no_pcrs:
             return _fail("an empty PCR list binds the key to nothing; pass --no-pcrs to mean that", EXIT_INPUT)
+        # (a software key is bound to no PCRs whatever the list says; status flags that)
+        refusal = args.backend == "tpm" and _resettable_refusal(pcrs, args.allow_resettable_pcrs)
+        if refusal:
+            return _fail(refusal, EXIT_INPUT)
     except ValueError as exc:
         return _fail(f"--pcrs: {exc}", EXIT_INPUT)
     try:
@@ -198,8 +223,13 @@ def cmd_enroll(args) -> int:
             paths.lib_dir, uuid, args.name, global_keys=g, audit=_auditor(paths), vm_name=vm_name,
             pcrs=pcrs, bank=args.pcr_bank, pin=pin, delivery=args.deliver, owner=args.owner, group=args.group,
             luks_device=args.luks_device, luks_key=luks_key, rotation_days=rotation_days, backend=args.backend)
+        from . import store
+
+        meta = store.load_meta(store.key_dir(paths.lib_dir, uuid, args.name))
     except _errors() as exc:
         return _fail(str(exc))
+    if not args.no_pcrs:  # --no-pcrs was explicit: no need to repeat it
+        _warn_binding(meta)
     where = "no PCRs (any boot state!)" if not pcrs else f"PCR {','.join(map(str, pcrs))} ({args.pcr_bank})"
     print(f"enrolled key '{args.name}' for {uuid}: {args.backend}, {where}, delivery {args.deliver}")
     print("RECOVERY KEY (shown once; store it offline, it is the only way back after a PCR change):")
@@ -216,8 +246,14 @@ def cmd_rotate(args) -> int:
         if args.due:
             if args.vm:
                 return _fail("--due takes no VM", EXIT_INPUT)
-            todo = rotate.due(paths.lib_dir)
             failed = 0
+            for uuid, name, outcome, err in rotate.finish_interrupted(paths.lib_dir, g, audit):
+                if err:
+                    failed += 1
+                    print(f"{uuid} {name}: interrupted rotation NOT finished: {err}")
+                else:
+                    print(f"{uuid} {name}: interrupted rotation finished: {outcome}")
+            todo = rotate.due(paths.lib_dir)
             for uuid, name, when in todo:
                 try:
                     v = rotate.rotate(paths.lib_dir, uuid, name, global_keys=g, audit=audit, reason=f"due {when}")
@@ -261,15 +297,24 @@ def cmd_reseal(args) -> int:
     paths, g = _env(args)
     try:
         pcrs = _pcrs(args.pcrs, None)
+        if pcrs is not None and not pcrs:
+            return _fail("--pcrs: an empty PCR list binds the key to nothing", EXIT_INPUT)
+        refusal = _resettable_refusal(pcrs or (), args.allow_resettable_pcrs)
+        if refusal:
+            return _fail(refusal, EXIT_INPUT)
         uuid, _ = resolve_vm(args.vm, args.connect)
         rkey = args.recovery_key or _read_secret("recovery key: ").decode()
         pin = _read_secret("PIN: ") if args.pin else None
         v = rotate.reseal(paths.lib_dir, uuid, args.name, rkey, global_keys=g, audit=_auditor(paths), pcrs=pcrs,
                           pin=pin)
+        from . import store
+
+        meta = store.load_meta(store.key_dir(paths.lib_dir, uuid, args.name))
     except ValueError as exc:
         return _fail(str(exc), EXIT_INPUT)
     except _errors() as exc:
         return _fail(str(exc))
+    _warn_binding(meta)
     print(f"{uuid} {args.name}: resealed to the current PCR values as v{v}")
     return EXIT_OK
 
@@ -299,7 +344,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from . import manager
+    from . import manager, store
 
     paths, g = _env(args)
     bad = 0
@@ -309,16 +354,25 @@ def cmd_status(args) -> int:
             rec = meta["versions"][str(meta["current"])]
             ok, why = manager.would_unseal(kdir, meta, g)
             due = rec.get("rotation_due_ts", 0) <= manager.now()
-            warn = []
-            if not rec["pcrs"] and meta["backend"] == "tpm":
-                warn.append("bound to no PCRs")
+            warn = manager.binding_warnings(meta, rec)
             if meta["backend"] == "software":
                 warn.append("software keystore (not bound to this host's boot state)")
+            # Unfinished rotations are failures: after an emergency rotation the
+            # old (maybe compromised) key is still current, or still unseals.
+            unfinished = False
             if meta.get("pending"):
-                warn.append(f"interrupted rotation to v{meta['pending']['version']} (run keys rotate)")
+                unfinished = True
+                warn.append(f"interrupted rotation to v{meta['pending']['version']}, v{meta['current']} still "
+                            "current (run 'keys rotate --due')")
+            retired = store.retired_on_disk(kdir, meta)
+            if retired:
+                unfinished = True
+                word = "version" if len(retired) == 1 else "versions"
+                warn.append(f"retired {word} {', '.join(f'v{v}' for v in retired)} still on disk and unsealable: "
+                            "rotation interrupted after commit (run 'keys rotate --due')")
             print(f"{uuid} {name}: v{meta['current']} rotation {'OVERDUE' if due else 'due'} {rec['rotation_due']}; "
                   f"{'OK' if ok else 'WOULD FAIL'}: {why}" + (f" [{'; '.join(warn)}]" if warn else ""))
-            bad += (not ok) or due
+            bad += (not ok) or due or unfinished
     except _errors() as exc:
         return _fail(str(exc))
     return EXIT_FAIL if bad else EXIT_OK

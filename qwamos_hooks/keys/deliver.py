@@ -4,7 +4,9 @@ Modes:
   file     a file under the runtime dir (default $QWAMOS_STATE_DIR/keys/<uuid>/<name>),
            mode 0400, owned by the configured user (e.g. the QEMU user). The
            directory must be on tmpfs/ramfs: delivery refuses anything else,
-           because a delivered key must never reach persistent storage.
+           because a delivered key must never reach persistent storage. The
+           runtime dir and every directory above it must be root's and not
+           writable by others (safedir.py); all changes go through opened fds.
   keyring  a "user" key named qwamos:<uuid>:<name> in root's user keyring,
            owned by the configured user with read permission for it only
            (QEMU reads it with -object secret_keyring,serial=N).
@@ -21,9 +23,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 
-from . import store
+from . import safedir, store
 
 MODES = ("file", "keyring", "luks")
 SAFE_FS = {"tmpfs", "ramfs"}
@@ -44,7 +47,26 @@ def _record_path(state_dir: str, uuid: str, name: str) -> str:
     return os.path.join(_records_dir(state_dir, uuid), store.check_name(name) + ".json")
 
 
-def _write_record(state_dir: str, uuid: str, name: str, rec: dict) -> None:
+def _keys_state_dir(state_dir: str, searchable: bool = False) -> None:
+    """Create $QWAMOS_STATE_DIR/keys 0711: it is the default runtime dir, so a
+    key's owner must be able to traverse it (never list it). With `searchable`
+    (a non-root owner gets a file there) the state dir itself is given the
+    search bits too, which it may lack (e.g. a tmpfs mounted mode=0700)."""
+    for d, want in ((state_dir, searchable), (os.path.join(state_dir, "keys"), True)):
+        try:
+            fd, walked = safedir.open_dir(d, create_mode=0o711)
+        except (safedir.UnsafeDirectory, OSError) as exc:
+            raise DeliveryError(f"state directory: {exc}") from None
+        try:
+            mode = stat.S_IMODE(walked[-1][1].st_mode)
+            if want and mode & 0o011 != 0o011:
+                os.fchmod(fd, mode | 0o011)
+        finally:
+            os.close(fd)
+
+
+def _write_record(state_dir: str, uuid: str, name: str, rec: dict, searchable: bool = False) -> None:
+    _keys_state_dir(state_dir, searchable)
     store.makedirs(_records_dir(state_dir, uuid))
     store.write_atomic(_record_path(state_dir, uuid, name), json.dumps(rec).encode())
 
@@ -93,50 +115,102 @@ def resolve_owner(owner: str | None, group: str | None = None) -> tuple[int, int
 
 
 def fs_type(path: str) -> str:
-    """Filesystem type of the mount holding `path` (longest mount-point prefix)."""
-    real = os.path.realpath(path)
-    best, kind = "", "unknown"
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            left, _, right = line.partition(" - ")
-            mnt = left.split()[4].replace("\\040", " ")
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, kind = mnt, right.split()[0]
-    return kind
+    """Filesystem type of the mount holding `path`."""
+    return safedir.fs_type_of(os.stat(path))
+
+
+def _owner_groups(uid: int) -> set[int]:
+    """The groups the owner's processes run with (not the file's group, which
+    --group may set to one the owner is not in)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return set()
+    return set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+
+
+def _open_runtime_dir(runtime_dir: str, create: bool) -> tuple[int, list]:
+    try:
+        return safedir.open_dir(runtime_dir, create_mode=0o711 if create else None)
+    except safedir.UnsafeDirectory as exc:
+        raise DeliveryError(f"file delivery refused: {exc}") from None
+
+
+def _open_vm_dir(rfd: int, where: str, uuid: str) -> tuple[int, os.stat_result]:
+    """<runtime_dir>/<uuid>: a real directory (no symlink), root's, created if missing."""
+    try:
+        os.mkdir(uuid, 0o700, dir_fd=rfd)
+    except FileExistsError:
+        pass
+    try:
+        dfd = os.open(uuid, safedir.DIR_FLAGS, dir_fd=rfd)
+    except OSError as exc:
+        raise DeliveryError(f"file delivery refused: {where}/{uuid}: {os.strerror(exc.errno)} "
+                            "(a symlink or other non-directory is there)") from None
+    st = os.fstat(dfd)
+    if st.st_uid != 0:
+        os.close(dfd)
+        raise DeliveryError(f"file delivery refused: {where}/{uuid} is owned by uid {st.st_uid}, not root")
+    return dfd, st
 
 
 def _deliver_file(runtime_dir: str, uuid: str, name: str, key: bytes, uid: int, gid: int) -> dict:
-    d = os.path.join(runtime_dir, uuid.lower())
-    store.makedirs(d)
-    kind = fs_type(d)
-    if kind not in SAFE_FS:
-        raise DeliveryError(
-            f"file delivery refused: {d} is on {kind}, not tmpfs (a key must never reach persistent storage)"
-        )
-    os.chown(d, 0, gid)
-    os.chmod(d, 0o710)  # the owner's group may traverse to its key, nobody may list
-    path = os.path.join(d, name)
-    tmp = path + ".tmp"
-    store.remove(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    uuid = uuid.lower()
+    rfd, walked = _open_runtime_dir(runtime_dir, create=True)
+    dfd = -1
     try:
-        os.write(fd, key)
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, 0o400)
+        kind = safedir.fs_type_of(walked[-1][1])
+        if kind not in SAFE_FS:
+            raise DeliveryError(f"file delivery refused: {runtime_dir} is on {kind}, not tmpfs "
+                                "(a key must never reach persistent storage)")
+        groups = _owner_groups(uid) if uid else set()
+        for where, st in walked:
+            if not safedir.can_traverse(st, uid, groups):
+                raise DeliveryError(f"file delivery refused: key owner uid {uid} cannot traverse {where} "
+                                    f"(mode {stat.S_IMODE(st.st_mode):04o}); make it 0711 or 0755")
+        dfd, st = _open_vm_dir(rfd, runtime_dir, uuid)
+        if not safedir.can_traverse(st, uid, groups):
+            if gid in groups and st.st_gid in (0, gid):
+                os.fchown(dfd, 0, gid)
+                os.fchmod(dfd, 0o710)  # the owner's group may traverse to its key, nobody may list
+            else:
+                # owner outside the key's group, or keys of another group share the dir:
+                # traverse for all, list for none (the file itself is 0400)
+                os.fchmod(dfd, 0o711)
+        elif stat.S_IMODE(st.st_mode) & 0o022:
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode) & ~0o022)
+        tmp = f".{name}.tmp"  # key names start with a letter or digit: never collides
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        try:
+            view = memoryview(key)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o400)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return {"mode": "file", "path": path}
+        if dfd >= 0:
+            os.close(dfd)
+        os.close(rfd)
+    return {"mode": "file", "path": os.path.join(runtime_dir, uuid, name)}
 
 
-def _shred_file(path: str) -> bool:
+def _shred_at(dfd: int, fn: str) -> bool:
     """Overwrite then unlink: on tmpfs the pages are freed with the key zeroed."""
     try:
-        size = os.lstat(path).st_size
+        size = os.stat(fn, dir_fd=dfd, follow_symlinks=False).st_size
     except FileNotFoundError:
         return False
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(fn, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dfd)
         try:
             os.write(fd, b"\0" * size)
             os.fsync(fd)
@@ -144,8 +218,38 @@ def _shred_file(path: str) -> bool:
             os.close(fd)
     except OSError:
         pass
-    store.remove(path)
+    try:
+        os.unlink(fn, dir_fd=dfd)
+    except FileNotFoundError:
+        pass
     return True
+
+
+def _shred_file(path: str) -> bool:
+    """Shred a delivered key file, reaching its directory only through a safe walk:
+    a directory that is missing or no longer safe holds nothing we delivered."""
+    d, name = os.path.split(path)
+    try:
+        dfd, _ = safedir.open_dir(d)
+    except (safedir.UnsafeDirectory, OSError):
+        return False
+    try:
+        return _shred_at(dfd, name) | _shred_at(dfd, f".{name}.tmp") | _shred_at(dfd, name + ".tmp")
+    finally:
+        os.close(dfd)
+
+
+def _rmdir_safe(parent: str, name: str) -> None:
+    try:
+        pfd, _ = safedir.open_dir(parent)
+    except (safedir.UnsafeDirectory, OSError):
+        return
+    try:
+        os.rmdir(name, dir_fd=pfd)
+    except OSError:
+        pass
+    finally:
+        os.close(pfd)
 
 
 # -- keyring (libkeyutils through ctypes) ----------------------------------------
@@ -354,7 +458,8 @@ def deliver(mode: str, *, state_dir: str, runtime_dir: str | None, uuid: str, na
         raise DeliveryError(f"unknown delivery mode {mode!r}")
     uid, gid = resolve_owner(owner, group)
     # Record first: if delivery dies half-way, the wipe still knows where to look.
-    _write_record(state_dir, uuid, name, {"mode": mode, "pending": True})
+    _write_record(state_dir, uuid, name, {"mode": mode, "pending": True},
+                  searchable=mode == "file" and uid != 0 and not runtime_dir)
     if mode == "file":
         rec = _deliver_file(runtime_dir or os.path.join(state_dir, "keys"), uuid, name, key, uid, gid)
     elif mode == "keyring":
@@ -372,12 +477,14 @@ def wipe(state_dir: str, uuid: str, runtime_dir: str | None = None) -> list[str]
     """Undo every delivery recorded for the domain. Returns the names actually
     wiped (empty on a second call). Never raises for a missing target."""
     wiped = []
+    runtimes = {runtime_dir or os.path.join(state_dir, "keys")}
     for name, rec in records(state_dir, uuid).items():
         mode = rec.get("mode")
         did = False
         if mode == "file" or "path" in rec:
             path = rec.get("path") or os.path.join(runtime_dir or os.path.join(state_dir, "keys"), uuid.lower(), name)
-            did = _shred_file(path) | _shred_file(path + ".tmp")
+            did = _shred_file(path)
+            runtimes.add(os.path.dirname(os.path.dirname(path)))
         elif mode == "keyring":
             did = _wipe_keyring(uuid, name, rec.get("serial"))
         elif mode == "luks":
@@ -385,10 +492,7 @@ def wipe(state_dir: str, uuid: str, runtime_dir: str | None = None) -> list[str]
         store.remove(_record_path(state_dir, uuid, name))
         if did:
             wiped.append(name)
-    for d in (_records_dir(state_dir, uuid), os.path.join(runtime_dir or os.path.join(state_dir, "keys"), uuid.lower()),
-              os.path.join(state_dir, "keys", uuid.lower())):
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
+    _rmdir_safe(os.path.join(state_dir, "keys", uuid.lower()), ".records")
+    for rt in sorted(runtimes | {os.path.join(state_dir, "keys")}):
+        _rmdir_safe(rt, uuid.lower())
     return sorted(wiped)

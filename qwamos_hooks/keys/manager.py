@@ -19,6 +19,10 @@ DEFAULT_BANK = "sha256"
 ROTATION_CHOICES = (90, 180, 365)
 DEFAULT_ROTATION_DAYS = 180
 DAY = 86400
+# PCRs any process may reset at locality 0 (PC Client Platform TPM Profile): 16
+# (debug) and 23 (application). A policy over these alone binds to nothing:
+# extend + reset brings back the sealed value.
+RESETTABLE_PCRS = frozenset({16, 23})
 
 
 class KeyError_(Exception):
@@ -42,6 +46,32 @@ def _tcti(global_keys: dict) -> str:
     from .tpm import resolve_tcti
 
     return resolve_tcti(global_keys)
+
+
+def only_resettable(pcrs) -> bool:
+    return bool(pcrs) and set(pcrs) <= RESETTABLE_PCRS
+
+
+def _unmeasured(value: str) -> bool:
+    # A PCR's reset value: zeros, or ones for 17-22 on a boot without DRTM.
+    return set(bytes.fromhex(value)) in ({0}, {0xFF})
+
+
+def binding_warnings(meta: dict, rec: dict) -> list[str]:
+    """What is weak about a version's PCR binding (for enrol and `keys status`)."""
+    if meta.get("backend") != "tpm":
+        return []
+    pcrs = rec.get("pcrs") or []
+    if not pcrs:
+        return ["bound to no PCRs"]
+    out = []
+    listed = ",".join(map(str, pcrs))
+    if only_resettable(pcrs):
+        out.append(f"bound only to resettable PCR {listed}: anyone can reset them, so this binds to nothing")
+    values = rec.get("pcr_values") or {}
+    if values and all(_unmeasured(v) for v in values.values()):
+        out.append(f"PCR {listed} held only reset values at sealing (never measured): the binding proves nothing")
+    return out
 
 
 def new_secret(meta: dict, global_keys: dict) -> bytes:

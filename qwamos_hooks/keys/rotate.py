@@ -13,7 +13,9 @@ Until step 4 the hook unseals N; from step 4 on, N+1. A crash anywhere leaves
 the committed version intact and, for LUKS, its keyslot still present. The next
 rotate / reseal / `keys rotate --due` first finishes or undoes the interrupted
 run (recover()): a pending version that unseals is rolled forward, anything
-else is rolled back.
+else is rolled back. A crash after step 4 leaves version N on disk, still
+unsealing: `keys status` flags it, and the next VM start (clean_at_start) or
+`rotate --due` finishes steps 5-6.
 
 `crash` is a test hook: called with each step's name, it may raise to simulate
 a crash right after that step.
@@ -107,10 +109,62 @@ def recover(kdir: str, meta: dict, global_keys: dict) -> str | None:
             meta["pending"] = None
             store.save_meta(kdir, meta)
             outcome = f"rolled back v{v}"
-    if len(meta["versions"]) > 1:
-        _drop_retired(kdir, meta, global_keys, None)
-        outcome = outcome or "removed retired versions"
+    cleaned = clean_retired(kdir, meta, global_keys, None)
+    if cleaned:
+        outcome = f"{outcome}; {cleaned}" if outcome else cleaned
     return outcome
+
+
+def clean_retired(kdir: str, meta: dict, global_keys: dict, current_key: bytes | None) -> str | None:
+    """Finish the clean-up of a committed rotation: kill retired versions' LUKS
+    keyslots and delete their blobs (and any blobs meta.json no longer lists).
+    Caller holds the key's lock."""
+    dropped = _drop_retired(kdir, meta, global_keys, current_key) if len(meta["versions"]) > 1 else []
+    for v in store.retired_on_disk(kdir, meta):
+        if str(v) not in meta["versions"]:
+            store.remove_version(kdir, v)
+            dropped.append(v)
+    return f"removed retired {', '.join(f'v{v}' for v in sorted(dropped))}" if dropped else None
+
+
+def needs_recovery(kdir: str, meta: dict) -> bool:
+    """Cheap check: an interrupted rotation or a retired version left behind."""
+    return bool(meta.get("pending")) or len(meta.get("versions", {})) > 1 or bool(store.retired_on_disk(kdir, meta))
+
+
+def finish_interrupted(lib_dir: str, global_keys: dict, audit) -> list[tuple[str, str, str | None, str | None]]:
+    """Finish or undo every interrupted rotation (what `rotate --due` does first).
+    Returns (uuid, name, outcome, error) for each key that needed it."""
+    out = []
+    for uuid, name in store.list_all(lib_dir):
+        kdir = store.key_dir(lib_dir, uuid, name)
+        try:
+            if not needs_recovery(kdir, store.load_meta(kdir)):
+                continue
+            with store.locked(kdir):
+                meta = store.load_meta(kdir)
+                outcome = recover(kdir, meta, global_keys)
+        except Exception as exc:  # reported per key; the others still get done
+            out.append((uuid, name, None, " ".join(str(exc).split()) or type(exc).__name__))
+            continue
+        if outcome:
+            audit("keys.rotate.recover", uuid=uuid, key=name, outcome=outcome)
+            out.append((uuid, name, outcome, None))
+    return out
+
+
+def clean_at_start(kdir: str, version: int, current_key: bytes, global_keys: dict) -> str | None:
+    """At VM start, with the committed key just unsealed: finish a committed
+    rotation's clean-up so a retired (maybe compromised) version stops
+    unsealing. Skips if another rotation holds the lock or is pending."""
+    try:
+        with store.locked(kdir, wait=False):
+            meta = store.load_meta(kdir)
+            if meta.get("pending") or meta["current"] != version:
+                return None
+            return clean_retired(kdir, meta, global_keys, current_key)
+    except BlockingIOError:
+        return None
 
 
 def rotate(lib_dir: str, uuid: str, name: str, *, global_keys: dict, audit, reason: str = "scheduled",

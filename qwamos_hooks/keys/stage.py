@@ -63,6 +63,8 @@ def _unseal_all(ctx, uuid, names, profile, global_keys) -> None:
             hint = (f"; if expected (firmware update), run: qwamos-policy keys reseal {uuid} {name} --recovery-key KEY"
                     if changed else "")
             raise StageError(f"key '{name}': {reason}{hint}") from None
+        if len(meta["versions"]) > 1 and not meta.get("pending"):
+            _finish_rotation(ctx, uuid, name, kdir, version, secret, global_keys)
         try:
             owner = meta.get("owner") or profile.get("owner")
             group = meta.get("group") or profile.get("group")
@@ -80,6 +82,20 @@ def _unseal_all(ctx, uuid, names, profile, global_keys) -> None:
         where = {("target" if k == "path" else k): rec_out[k] for k in ("path", "serial", "mapper") if k in rec_out}
         ctx.audit("keys.unseal", uuid=uuid, key=name, version=version, delivery=meta["delivery"],
                   pcrs=rec.get("pcrs"), bank=rec.get("bank"), backend=meta.get("backend"), **where)
+
+
+def _finish_rotation(ctx, uuid, name, kdir, version, secret, global_keys) -> None:
+    """A rotation died after its commit: the retired version still unseals. Finish
+    its clean-up now (best effort: the committed key is fine, so never block)."""
+    from . import rotate
+
+    try:
+        outcome = rotate.clean_at_start(kdir, version, secret, global_keys)
+    except Exception as exc:
+        ctx.log(f"keys: {uuid} {name}: clean-up of retired versions failed: {' '.join(str(exc).split())}")
+        return
+    if outcome:
+        ctx.audit("keys.rotate.recover", uuid=uuid, key=name, outcome=outcome)
 
 
 def wipe(ctx) -> None:

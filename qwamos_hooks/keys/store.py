@@ -172,6 +172,26 @@ def remove_version(kdir: str, version: int) -> None:
     _fsync_dir(kdir)
 
 
+def versions_on_disk(kdir: str) -> set[int]:
+    """Version numbers that have blob files in kdir, whatever meta.json says."""
+    out = set()
+    for fn in os.listdir(kdir):
+        m = re.match(r"^v(\d+)\.(pub|priv|soft|rec)$", fn)
+        if m:
+            out.add(int(m.group(1)))
+    return out
+
+
+def retired_on_disk(kdir: str, meta: dict) -> list[int]:
+    """Versions other than the committed and the pending one that still have
+    blobs: left by a rotation interrupted after its commit, they still unseal
+    (and, for LUKS keys, their keyslot is killed before their blobs go)."""
+    keep = {int(meta["current"])}
+    if meta.get("pending"):
+        keep.add(int(meta["pending"]["version"]))
+    return sorted(versions_on_disk(kdir) - keep)
+
+
 def current(meta: dict) -> dict:
     """The committed version's record (what the hook unseals)."""
     v = meta["versions"].get(str(meta["current"]))
@@ -181,12 +201,13 @@ def current(meta: dict) -> dict:
 
 
 @contextmanager
-def locked(kdir: str):
-    """Exclusive lock on one key: enrol, rotate and reseal must not interleave."""
+def locked(kdir: str, wait: bool = True):
+    """Exclusive lock on one key: enrol, rotate and reseal must not interleave.
+    With wait=False, raises BlockingIOError if someone else holds it."""
     makedirs(kdir)
     fd = os.open(os.path.join(kdir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         yield
     finally:
         os.close(fd)

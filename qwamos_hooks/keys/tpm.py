@@ -95,6 +95,19 @@ def _selection(bank: str, pcrs) -> TPML_PCR_SELECTION:
     return TPML_PCR_SELECTION.parse(f"{bank}:{','.join(str(p) for p in sorted(pcrs))}")
 
 
+# PolicyPCR hashes the selected PCR values with the policy session's hash
+# algorithm, whatever bank they come from (TPM 2.0 Part 3, 23.7).
+SESSION_HASH = "sha256"
+
+
+def policy_pcr_digest(values: dict, pcrs) -> bytes:
+    """pcrDigest for PolicyPCR: H_session(value[p0] || value[p1] || ...), in index order."""
+    h = hashlib.new(SESSION_HASH)
+    for p in sorted(pcrs):
+        h.update(bytes.fromhex(values[p]))
+    return h.digest()
+
+
 def parse_pcrs(text: str) -> tuple[int, ...]:
     """'7,16' or '7+16' -> (7, 16). Raises ValueError on anything else."""
     out = set()
@@ -189,7 +202,7 @@ class TPM:
                 bind=ESYS_TR.NONE,
                 session_type=kind,
                 symmetric=_sym(),
-                auth_hash=TPM2_ALG.SHA256,
+                auth_hash=TPM2_ALG.parse(SESSION_HASH),
             )
         )
         self.esys.trsess_set_attributes(sess, attrs | TPMA_SESSION.CONTINUESESSION)
@@ -228,13 +241,10 @@ class TPM:
         with self._op(), _as_tpm_error("seal"):
             primary, pname = self.primary()
             values = self.read_pcrs(bank, pcrs) if pcrs else {}
-            algo = hashlib.new(bank)
-            for p in pcrs:
-                algo.update(bytes.fromhex(values[p]))
-            pcr_digest = algo.digest() if pcrs else b""
+            pcr_digest = policy_pcr_digest(values, pcrs) if pcrs else b""
             trial = self._track(
                 self.esys.start_auth_session(
-                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, _sym(), TPM2_ALG.SHA256
+                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, _sym(), TPM2_ALG.parse(SESSION_HASH)
                 )
             )
             self._policy(trial, bank, pcrs, pcr_digest, pin is not None)
