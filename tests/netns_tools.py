@@ -63,7 +63,7 @@ def serve(specs):
         t.join()
 
 
-def client(kind, addr, port, timeout=1.5):
+def client(kind, addr, port, sport=None, timeout=1.5):
     try:
         if kind == "tcp":
             s = socket.create_connection((addr, int(port)), timeout=timeout)
@@ -72,6 +72,8 @@ def client(kind, addr, port, timeout=1.5):
         else:
             s = socket.socket(_family(addr), socket.SOCK_DGRAM)
             s.settimeout(timeout)
+            if sport:
+                s.bind(("::" if ":" in addr else "0.0.0.0", int(sport)))
             q = b"\x12\x34" + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
             s.sendto(q, (addr, int(port)))
             data, _ = s.recvfrom(2048)
@@ -116,7 +118,7 @@ if __name__ == "__main__":
     if cmd == "serve":
         serve(json.loads(sys.argv[2]))
     elif cmd == "client":
-        print(client(*sys.argv[2:5]))
+        print(client(*sys.argv[2:6]))
     elif cmd == "raw":
         dev, smac, dmac, sip, dip, sport, dport, payload = sys.argv[2:10]
         send_raw(dev, smac, dmac, sip, dip, int(sport), int(dport), payload.encode())

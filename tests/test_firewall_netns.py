@@ -87,8 +87,8 @@ class VM:
         cmd = ["ping", "-c", "3", "-i", "0.2", "-W", "1", dst] + (["-6"] if ":" in dst else [])
         return run(*cmd, ns=self.ns, check=False).returncode == 0
 
-    def call(self, kind, addr, port):
-        return run(PY, TOOLS, "client", kind, addr, port, ns=self.ns).stdout.strip()
+    def call(self, kind, addr, port, sport=None):
+        return run(PY, TOOLS, "client", kind, addr, port, *([sport] if sport else []), ns=self.ns).stdout.strip()
 
     def raw(self, smac, dmac, sip, dip, sport, dport, payload):
         run(PY, TOOLS, "raw", "eth0", smac, dmac, sip, dip, sport, dport, payload, ns=self.ns)
@@ -100,6 +100,7 @@ class Topo:
         self.procs = []
         self.vms = {}
         self.udplog = os.path.join(tmp, "lan-udp.jsonl")
+        self.hostlog = os.path.join(tmp, "host-udp.jsonl")
         os.environ["QWAMOS_STATE_DIR"] = os.path.join(tmp, "state")
         os.environ["QWAMOS_LIB_DIR"] = os.path.join(tmp, "lib")
         os.environ["QWAMOS_LOG_FILE"] = os.path.join(tmp, "hook.log")
@@ -124,7 +125,9 @@ class Topo:
                          ["udplog", "0.0.0.0", 9999, self.udplog], ["udplog", "0.0.0.0", 67, self.udplog]])
         self.serve(H, [["tcp", "10.99.0.1", 9040, "TOR-TRANS"], ["udp", "10.99.0.1", 5353, "TOR-DNS4"],
                        ["udp", "fd99::1", 5353, "TOR-DNS6"], ["tcp", "10.99.0.1", 5353, "TOR-DNS4-TCP"],
-                       ["tcp", "fd99::1", 5353, "TOR-DNS6-TCP"]])
+                       ["tcp", "fd99::1", 5353, "TOR-DNS6-TCP"],
+                       # the host's DHCP server: answers unicast, logs broadcasts
+                       ["udp", "10.99.0.1", 67, "HOST-DHCP"], ["udplog", "0.0.0.0", 67, self.hostlog]])
         run(PY, DRIVER, "init", ns=H)  # install time: the kill switch exists before any tap
         for k in (1, 2, 3):
             self.vms[k] = VM(self, k)
@@ -144,9 +147,9 @@ class Topo:
         for ns in [H, LAN] + [v.ns for v in self.vms.values()]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
-    def lan_log(self):
+    def lan_log(self, path=None):
         try:
-            with open(self.udplog) as fh:
+            with open(path or self.udplog) as fh:
                 return [json.loads(x) for x in fh if x.strip()]
         except FileNotFoundError:
             return []
@@ -304,6 +307,22 @@ def test_antispoof_mac_and_ip_and_dhcp_from_unconfigured_guest(topo, vms):
         assert p.returncode != 0
     finally:
         run("ip", "addr", "del", "10.99.0.78/24", "dev", "eth0", ns=vm.ns)
+
+
+@pytest.mark.parametrize("profile", ["tor", "allowlist"])
+def test_filtered_vm_speaks_dhcp_with_the_host_only(topo, vms, profile):
+    vm = vms[2]
+    prof = {"profile": profile, "allow": [{"dest": "10.99.0.2/32", "ports": [8080], "proto": "tcp"}]}
+    vm.apply(prof if profile == "allowlist" else {"profile": "tor"}, glob=TOR_GLOBAL, ips=[vm.ip4, vm.ip6])
+    # Unicast to the host's DHCP port, and the host's own answer back.
+    assert vm.call("udp", "10.99.0.1", 67, 68) == "HOST-DHCP"
+    tag = f"t{random.getrandbits(32):08x}"
+    lan_mac = run("cat", "/sys/class/net/lan0/address", ns=LAN).stdout.strip()
+    vm.raw(vm.mac, "ff:ff:ff:ff:ff:ff", "0.0.0.0", "255.255.255.255", 68, 67, f"{tag}-discover")
+    vm.raw(vm.mac, lan_mac, vm.ip4, "10.99.0.2", 68, 67, f"{tag}-to-lan-host")
+    time.sleep(0.5)
+    assert [e["data"] for e in topo.lan_log(topo.hostlog) if e["data"].startswith(tag)] == [f"{tag}-discover"]
+    assert [e["data"] for e in topo.lan_log() if e["data"].startswith(tag)] == [f"{tag}-discover"]
 
 
 def test_two_vms_do_not_affect_each_other(topo, vms):

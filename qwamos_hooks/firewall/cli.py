@@ -345,6 +345,7 @@ def reconcile(state_dir: str, glob: dict, rebuild: bool = False) -> dict:
     for st in dropped_vms:
         for i in list(st["interfaces"]) + list(st.get("stale", ())):
             state.release_tap(state_dir, i["tap"], st["uuid"])
+        state.release_macs(state_dir, list(st["interfaces"]) + list(st.get("stale", ())), st["uuid"])
         state.delete(state_dir, st["uuid"])
     return {"applied": [s["name"] for s in keep], "removed": [s["name"] for s in dropped_vms],
             "orphans": orphans}

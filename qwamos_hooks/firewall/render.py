@@ -52,10 +52,11 @@ BASE_CHAINS = {
         ("pre", "filter", "prerouting", -150),
         ("tor_nat", "nat", "prerouting", -100),
         ("fwd", "filter", "forward", -150),
+        ("out", "filter", "output", -150),
         ("post", "filter", "postrouting", -150),
     ),
 }
-SHARED_CHAINS = ("deny_in", "pass_in", "deny_out", "pass_out", "spoof",
+SHARED_CHAINS = ("deny_in", "pass_in", "deny_out", "pass_out", "spoof", "host_in", "host_out",
                  "isolated_in", "isolated_out", "nat_in", "nat_out", "tor_in", "tor_out")
 
 DEFAULT_GLOBAL = {
@@ -67,8 +68,16 @@ PROFILES = ("isolated", "nat", "open", "tor", "allowlist")
 
 DHCP4_SERVER, DHCP4_CLIENT = 67, 68
 DHCP6_CLIENT, DHCP6_SERVER = 546, 547
+DHCP6_SERVERS = "ff02::1:2"  # All_DHCP_Relay_Agents_and_Servers
+LINK_LOCAL6, LINK_MCAST6 = "fe80::/10", "ff02::/16"
 ND_FROM_VM = ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]
 ND_TO_VM = ["nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert"]
+MLD_REPORTS = ["mld-listener-report", "mld2-listener-report"]
+MLD_FROM_VM = MLD_REPORTS + ["mld-listener-done"]
+# The only EtherTypes a VM may send through a filtering profile: anti-spoofing
+# matches on these; a VLAN-tagged (802.1Q / 802.1ad) or other frame would skip it.
+ETHERTYPES = "ethertypes"
+ETHERTYPE_ELEMS = ["arp", "ip", "ip6"]
 
 
 # --- config normalisation (pure) ----------------------------------------------
@@ -210,6 +219,8 @@ def _sets(fam: str) -> list[dict]:
         out.append(_cmd("add", "map", {**_t(fam), "name": name, "type": "ifname", "map": "verdict"}))
     if fam == "bridge":
         out.append(_cmd("add", "map", {**_t(fam), "name": "brmac", "type": "ifname", "map": "ether_addr"}))
+        out.append(_cmd("add", "set", {**_t(fam), "name": ETHERTYPES, "type": "ether_type"}))
+        out.append(_cmd("add", "element", {**_t(fam), "name": ETHERTYPES, "elem": list(ETHERTYPE_ELEMS)}))
     return out
 
 
@@ -271,8 +282,14 @@ def _base_rules(fam: str, chain: str, glob: dict) -> list[list]:
                        _m({"&": [{"ct": {"key": "mark"}}, bit]}, bit), _mark_or(bit)] for bit in (tor, rep)]
         return rules + _dispatch("oifname", "out")
     if chain == "fwd":
-        # Traffic of a Tor VM is only ever delivered locally (to Tor); never route it.
+        # Traffic of a Tor VM, and a filtered VM's DHCP and NDP, is only ever
+        # delivered locally (to Tor, to the host's DHCP server); never route it.
         return [[_mark_is(tor), COUNTER, DROP]]
+    if chain == "out":
+        # DHCP answers the host itself sends: the only ones host_out lets reach
+        # a filtered VM (a routed or bridged peer's answer carries no mark).
+        return [[_m(_p("udp", "sport"), sp), _m(_p("udp", "dport"), dp), _mark_or(tor)]
+                for sp, dp in ((DHCP4_SERVER, DHCP4_CLIENT), (DHCP6_SERVER, DHCP6_CLIENT))]
     if chain == "tor_nat":
         return _tor_nat_rules(glob)
     raise ValueError(chain)
@@ -301,6 +318,8 @@ def _spoof_rules(fam: str) -> list[list]:
     ifn = _meta("iifname")
     rules = [[_m(_concat(ifn, _p("ether", "saddr")), "@mac", "!=")] + DROP_IN]
     if fam == "bridge":
+        # Only untagged IPv4, IPv6 and ARP: every check below keys on the EtherType.
+        rules.append([_m(_p("ether", "type"), "@" + ETHERTYPES, "!=")] + DROP_IN)
         rules.append([_m(_concat(ifn, _p("arp", "saddr ether")), "@mac", "!=")] + DROP_IN)
     # A guest must not act as a DHCP server or a router.
     for port in (DHCP4_SERVER, DHCP6_SERVER):
@@ -313,31 +332,55 @@ def _spoof_rules(fam: str) -> list[list]:
     rules.append([_m(ifn, "@declared", "!="), _m(_p("ip", "saddr"), "0.0.0.0")] + DROP_IN)
     rules.append([_m(ifn, "@declared", "!="), RETURN])
     # Addresses declared (policy or <ip>): ARP, IPv4 and IPv6 sources limited to them.
-    # 0.0.0.0 is the sender of an ARP probe (RFC 5227); :: of duplicate address
-    # detection; link-local is needed for NDP.
+    # 0.0.0.0 is the sender of an ARP probe (RFC 5227); :: that of duplicate
+    # address detection and its MLD reports (RFC 4862, 3810); link-local that of
+    # NDP, MLD and the DHCPv6 client, and of nothing else.
     if fam == "bridge":
         rules.append([_m(_p("arp", "saddr ip"), "0.0.0.0", "!="),
                       _m(_concat(ifn, _p("arp", "saddr ip")), "@src4", "!=")] + DROP_IN)
     rules.append([_m(_meta("protocol"), "ip"), _m(_concat(ifn, _p("ip", "saddr")), "@src4", "!=")] + DROP_IN)
-    rules.append([_m(_p("ip6", "saddr"), "::", "!="), _m(_p("ip6", "saddr"), _addr("fe80::/10"), "!="),
-                  _m(_concat(ifn, _p("ip6", "saddr")), "@src6", "!=")] + DROP_IN)
+    for t in ["nd-neighbor-solicit"] + MLD_REPORTS:
+        rules.append([_m(_p("ip6", "saddr"), "::"), _m(_p("icmpv6", "type"), t), RETURN])
+    for t in ND_FROM_VM + MLD_FROM_VM:
+        rules.append([_m(_p("ip6", "saddr"), _addr(LINK_LOCAL6)), _m(_p("icmpv6", "type"), t), RETURN])
+    rules.append([_m(_p("ip6", "saddr"), _addr(LINK_LOCAL6)), _m(_p("udp", "sport"), DHCP6_CLIENT),
+                  _m(_p("udp", "dport"), DHCP6_SERVER), RETURN])
+    rules.append([_m(_concat(ifn, _p("ip6", "saddr")), "@src6", "!=")] + DROP_IN)
     return rules
 
 
-def _dhcp_nd_from_vm(fam: str) -> list[list]:
+def _host_in(fam: str, glob: dict) -> list[list]:
+    """ARP, DHCP and NDP a filtered VM may send: to link-scope destinations the
+    host never routes (limited broadcast, ff02::/16, fe80::/10), or to the host
+    itself (a frame to the bridge's MAC is `pkttype host` by then). The latter
+    carries the Tor mark so that, should its address not be the host's, inet
+    fwd drops it instead of routing it. Anything else returns to the profile chain."""
+    local = [_mark_or(glob["marks"]["tor"])] + ACCEPT_IN
+    host = _m(_meta("pkttype"), "host")
+    dhcp4 = [_m(_p("udp", "sport"), DHCP4_CLIENT), _m(_p("udp", "dport"), DHCP4_SERVER)]
     rules = [[_m(_p("ether", "type"), "arp")] + ACCEPT_IN] if fam == "bridge" else []
-    return rules + [
-        [_m(_p("udp", "sport"), DHCP4_CLIENT), _m(_p("udp", "dport"), DHCP4_SERVER)] + ACCEPT_IN,
-        [_m(_p("udp", "sport"), DHCP6_CLIENT), _m(_p("udp", "dport"), DHCP6_SERVER)] + ACCEPT_IN,
-    ] + [[_m(_p("icmpv6", "type"), t)] + ACCEPT_IN for t in ND_FROM_VM]
+    rules += [
+        dhcp4 + [_m(_meta("pkttype"), "broadcast"), _m(_p("ip", "daddr"), "255.255.255.255")] + ACCEPT_IN,
+        dhcp4 + [host] + local,
+        [_m(_p("udp", "sport"), DHCP6_CLIENT), _m(_p("udp", "dport"), DHCP6_SERVER),
+         _m(_p("ip6", "daddr"), DHCP6_SERVERS)] + ACCEPT_IN,
+    ]
+    # NDP (hop limit 255, RFC 4861) to link-scope multicast, link-local, or the host.
+    for t in ND_FROM_VM:
+        nd = [_m(_p("icmpv6", "type"), t), _m(_p("ip6", "hoplimit"), 255)]
+        rules += [nd + [_m(_p("ip6", "daddr"), _addr(LINK_MCAST6))] + ACCEPT_IN,
+                  nd + [_m(_p("ip6", "daddr"), _addr(LINK_LOCAL6))] + ACCEPT_IN,
+                  nd + [host] + local]
+    return rules
 
 
-def _dhcp_nd_to_vm(fam: str) -> list[list]:
+def _host_out(fam: str, glob: dict) -> list[list]:
+    """ARP, NDP, and DHCP answers the host sent (marked in inet out) to a filtered VM."""
     rules = [[_m(_p("ether", "type"), "arp")] + ACCEPT_OUT] if fam == "bridge" else []
-    return rules + [
-        [_m(_p("udp", "sport"), DHCP4_SERVER), _m(_p("udp", "dport"), DHCP4_CLIENT)] + ACCEPT_OUT,
-        [_m(_p("udp", "sport"), DHCP6_SERVER), _m(_p("udp", "dport"), DHCP6_CLIENT)] + ACCEPT_OUT,
-    ] + [[_m(_p("icmpv6", "type"), t)] + ACCEPT_OUT for t in ND_TO_VM]
+    rules += [[_m(_p("udp", "sport"), sp), _m(_p("udp", "dport"), dp), _mark_is(glob["marks"]["tor"])]
+              + ACCEPT_OUT for sp, dp in ((DHCP4_SERVER, DHCP4_CLIENT), (DHCP6_SERVER, DHCP6_CLIENT))]
+    return rules + [[_m(_p("icmpv6", "type"), t), _m(_p("ip6", "hoplimit"), 255)] + ACCEPT_OUT
+                    for t in ND_TO_VM]
 
 
 def _shared_rules(fam: str, chain: str, glob: dict) -> list[list]:
@@ -347,6 +390,10 @@ def _shared_rules(fam: str, chain: str, glob: dict) -> list[list]:
         return [[_m(_meta(key), "@" + counter), COUNTER, verdict], [COUNTER, verdict]]
     if chain == "spoof":
         return _spoof_rules(fam)
+    if chain == "host_in":
+        return _host_in(fam, glob)
+    if chain == "host_out":
+        return _host_out(fam, glob)
     if chain == "isolated_in":
         return [DROP_IN]
     if chain == "isolated_out":
@@ -365,7 +412,7 @@ def _shared_rules(fam: str, chain: str, glob: dict) -> list[list]:
                                    "value": {"map": {"key": _meta("iifname"), "data": "@brmac"}}}},
                        {"mangle": {"key": _meta("pkttype"), "value": "host"}}]
         to_tor += ACCEPT_IN
-        return [spoof] + _dhcp_nd_from_vm(fam) + [
+        return [spoof, [{"jump": {"target": "host_in"}}]] + [
             [_m(_p("udp", "dport"), 53), COUNTER] + to_tor,
             [_m(_p("tcp", "dport"), 53), COUNTER] + to_tor,
             # All other TCP goes to the TransPort; IPv6 carries DNS only.
@@ -374,7 +421,7 @@ def _shared_rules(fam: str, chain: str, glob: dict) -> list[list]:
         ]
     if chain == "tor_out":
         # Only replies of connections Tor answered (marked from conntrack in inet post).
-        return _dhcp_nd_to_vm(fam) + [[_mark_is(glob["marks"]["tor"])] + ACCEPT_OUT, DROP_OUT]
+        return [[{"jump": {"target": "host_out"}}], [_mark_is(glob["marks"]["tor"])] + ACCEPT_OUT, DROP_OUT]
     raise ValueError(chain)
 
 
@@ -402,11 +449,11 @@ def _allow_matches(vm: dict, addr_field: str, port_field: str) -> list[list]:
 def allowlist_rules(fam: str, vm: dict, glob: dict) -> tuple[list[list], list[list]]:
     """The two chains of an allowlist VM: (from the VM, to the VM)."""
     bit = glob["marks"]["reply"]
-    rin = [[{"jump": {"target": "spoof"}}]] + _dhcp_nd_from_vm(fam)
+    rin = [[{"jump": {"target": "spoof"}}], [{"jump": {"target": "host_in"}}]]
     for head in _allow_matches(vm, "daddr", "dport"):
         rin.append(head + [COUNTER, _mark_or(bit)] + ACCEPT_IN)
     rin.append(DROP_IN)
-    rout = _dhcp_nd_to_vm(fam) + [[_mark_is(bit)] + ACCEPT_OUT]
+    rout = [[{"jump": {"target": "host_out"}}], [_mark_is(bit)] + ACCEPT_OUT]
     # Bridged replies never meet the host's conntrack: match them statelessly.
     for head in _allow_matches(vm, "saddr", "sport"):
         rout.append(head + [COUNTER] + ACCEPT_OUT)

@@ -85,10 +85,35 @@ def build_state(ctx) -> tuple[dict, dict]:
     return st, glob
 
 
+def _check_macs(sd: str, st: dict) -> None:
+    """Refuse a tap whose MAC another live tap on the same bridge already has:
+    anti-spoofing keys on the MAC, so a second VM with it could take over the
+    first one's traffic (the bridge learns the MAC on the newest port)."""
+    seen: dict = {}
+    for i in st["interfaces"]:
+        if not i.get("bridge"):
+            continue  # a routed tap is a link of its own
+        key = (i["bridge"], i["mac"])
+        if key in seen:
+            raise StageError(f"taps {seen[key]} and {i['tap']} have the same MAC {i['mac']} on bridge {i['bridge']}")
+        seen[key] = i["tap"]
+        owner = state.mac_owner(sd, *key)
+        if owner in (None, st["uuid"]):
+            continue
+        other = state.load(sd, owner) or {}
+        for o in other.get("interfaces", ()):
+            # A record whose tap is gone (or now ours) is stale and holds nothing.
+            if ((o.get("bridge"), (o.get("mac") or "").lower()) == key and o["tap"] != i["tap"]
+                    and state.tap_owner(sd, o["tap"]) == owner and os.path.exists(f"/sys/class/net/{o['tap']}")):
+                raise StageError(f"tap {i['tap']}: MAC {i['mac']} is already in use on bridge {i['bridge']} "
+                                 f"by {o['tap']} of domain {other.get('name') or owner}")
+
+
 def _install(ctx, st: dict, glob: dict) -> None:
     from . import apply as nft
 
     sd = ctx.paths.state_dir
+    _check_macs(sd, st)
     old = state.load(sd, ctx.uuid) or {}
     new_taps = {i["tap"] for i in st["interfaces"]}
     mine = [i for i in list(old.get("interfaces", ())) + list(old.get("stale", ()))
@@ -108,6 +133,9 @@ def _install(ctx, st: dict, glob: dict) -> None:
     state.save(sd, dict(st, stale=gone))
     for tap in sorted(new_taps):
         state.claim_tap(sd, tap, ctx.uuid)
+    new_macs = {(i["bridge"], i["mac"]) for i in st["interfaces"] if i.get("bridge")}
+    for bridge, mac in sorted(new_macs):
+        state.claim_mac(sd, bridge, mac, ctx.uuid)
     nft.run(render.base_commands(glob)
             + render.remove_commands(gone) + render.remove_commands(taken)
             + render.remove_commands(kept, counters=False, guard=False,
@@ -115,6 +143,7 @@ def _install(ctx, st: dict, glob: dict) -> None:
             + render.vm_commands(st, glob))
     for i in gone:
         state.release_tap(sd, i["tap"], ctx.uuid)
+    state.release_macs(sd, [i for i in mine if (i.get("bridge"), i.get("mac")) not in new_macs], ctx.uuid)
     state.save(sd, st)
 
 
@@ -224,6 +253,7 @@ def remove_uuid(state_dir: str, uuid: str) -> list[str] | None:
             # Our tables are gone altogether: nothing of this VM is left to remove.
     for i in mine:
         state.release_tap(state_dir, i["tap"], uuid)
+    state.release_macs(state_dir, list(st.get("interfaces", ())) + list(st.get("stale", ())), uuid)
     state.delete(state_dir, uuid)
     return sorted({i["tap"] for i in mine})
 

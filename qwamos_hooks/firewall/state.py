@@ -1,5 +1,6 @@
 """Per-VM firewall state under $QWAMOS_STATE_DIR/fw/: <uuid>.json holds what was
-installed for that domain, taps/<tap> names the domain that owns a tap now.
+installed for that domain, taps/<tap> names the domain that owns a tap now,
+macs/<bridge>/<mac> the domain whose tap on that bridge has that MAC.
 
 Teardown works only from these records (the XML at stopped/end has no tap
 names, and the policy may have changed since start). Writes are atomic
@@ -14,6 +15,7 @@ import re
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TAP = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def fw_dir(state_dir: str) -> str:
@@ -108,3 +110,38 @@ def all_taps(state_dir: str) -> dict[str, str]:
         return {t: tap_owner(state_dir, t) or "" for t in sorted(os.listdir(d)) if not t.endswith(".tmp")}
     except FileNotFoundError:
         return {}
+
+
+def _mac_path(state_dir: str, bridge: str, mac: str) -> str:
+    mac = (mac or "").lower()
+    if not _TAP.match(bridge or "") or bridge in (".", "..") or not _MAC.match(mac):
+        raise ValueError(f"not a bridge and MAC: {bridge!r} {mac!r}")
+    return os.path.join(fw_dir(state_dir), "macs", bridge, mac.replace(":", "-"))
+
+
+def claim_mac(state_dir: str, bridge: str, mac: str, uuid: str) -> None:
+    _write_atomic(_mac_path(state_dir, bridge, mac), uuid + "\n")
+
+
+def mac_owner(state_dir: str, bridge: str, mac: str) -> str | None:
+    try:
+        with open(_mac_path(state_dir, bridge, mac), encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def release_mac(state_dir: str, bridge: str, mac: str, uuid: str) -> None:
+    """Drop the claim if uuid still holds it."""
+    if mac_owner(state_dir, bridge, mac) != uuid:
+        return
+    try:
+        os.unlink(_mac_path(state_dir, bridge, mac))
+    except FileNotFoundError:
+        pass
+
+
+def release_macs(state_dir: str, ifaces, uuid: str) -> None:
+    for i in ifaces:
+        if i.get("bridge") and i.get("mac"):
+            release_mac(state_dir, i["bridge"], i["mac"], uuid)
