@@ -7,7 +7,9 @@ nftables python3-nftables python3-libvirt
 tpm2-tools libtss2-dev pkg-config build-essential python3-dev
 iproute2 keyutils cryptsetup-bin
 "
-# Tests only: a software TPM and packet tools for the namespace tests.
+# Tests and benchmarks only: a software TPM, packet tools for the namespace
+# tests, xmllint for virt-xml-validate in bench/bench_policy.py.
 QWAMOS_TEST_PKGS="
 swtpm swtpm-tools iputils-ping tcpdump make
+libxml2-utils
 "
