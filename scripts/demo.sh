@@ -29,7 +29,7 @@ step "virsh start of a compliant VM (virtio + vhost on libvirt's default network
 "${V[@]}" start qwamos-demo-ok || { echo "demo: the compliant VM did not start" >&2; exit 1; }
 "${V[@]}" domstate qwamos-demo-ok
 
-step "virsh start of a VM with an e1000 NIC, a foreign MAC, no vhost and a NIC hidden in <qemu:commandline>"
+step "virsh start of a VM with an e1000 NIC, a foreign MAC and a NIC hidden in <qemu:commandline>"
 "${V[@]}" define "$here/examples/domains/sidechannel-bad.xml" >/dev/null
 if "${V[@]}" start qwamos-demo-bad; then echo "demo: the non-compliant VM was NOT blocked" >&2; exit 1; fi
 "${V[@]}" domstate qwamos-demo-bad
