@@ -56,11 +56,6 @@ def parser():
     return _parser
 
 
-def __getattr__(name):
-    if name == "_PARSER":  # older spelling, kept for callers outside the hook
-        return parser()
-    raise AttributeError(name)
-
 
 class Interface(NamedTuple):
     index: int  # position among the domain's interfaces (net0, net1, ... at start)
@@ -231,8 +226,12 @@ def identity_only(data: bytes, source: str = "<stdin>") -> Domain | None:
     name = re.search(r"<name>([^<]*)</name>", head)
     if not uuid:
         return None
-    return Domain(source, 0, None, name.group(1) if name else None, uuid.group(1).lower(), None, None,
-                  None, None, None, None, None, None, None, (), (), False, (), (), (), (), (), (), (), None, {})
+    fields = dict.fromkeys(Domain._fields)  # scalars unknown: None; collections empty
+    fields.update(source=source, line=0, name=name.group(1) if name else None, uuid=uuid.group(1).lower(),
+                  iommu=False, lines={},
+                  **{f: () for f, t in Domain.__annotations__.items()
+                     if getattr(t, "__forward_arg__", str(t)).startswith("tuple")})
+    return Domain(**fields)
 
 
 # --- a parse as plain data (for the hook's parse cache) ----------------------

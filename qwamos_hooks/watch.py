@@ -58,9 +58,9 @@ def live_devices(xml: bytes) -> tuple[Device, ...]:
     what ``domain.parse_bytes`` reports for the same bytes."""
     from lxml import etree
 
-    from .domain import _PARSER
+    from .domain import parser
 
-    root = etree.fromstring(xml, _PARSER)
+    root = etree.fromstring(xml, parser())
     devices = root.find("devices")
     out = []
     for el in (devices if devices is not None else ()):
@@ -124,9 +124,9 @@ def link_down_xml(device_xml: bytes) -> bytes:
     while a PCI unplug waits for the guest)."""
     from lxml import etree
 
-    from .domain import _PARSER
+    from .domain import parser
 
-    el = etree.fromstring(device_xml, _PARSER)
+    el = etree.fromstring(device_xml, parser())
     for old in el.findall("link"):
         el.remove(old)
     etree.SubElement(el, "link", state="down")
@@ -138,9 +138,9 @@ def device_key(dev: Device) -> tuple:
     without the link state (which the watcher itself changes)."""
     from lxml import etree
 
-    from .domain import _PARSER
+    from .domain import parser
 
-    el = etree.fromstring(dev.xml, _PARSER)
+    el = etree.fromstring(dev.xml, parser())
     for link in el.findall("link"):
         el.remove(link)
     return (dev.tag, dev.alias, etree.tostring(el, method="c14n"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -30,6 +31,29 @@ def require_host():
         pytest.fail("libvirtd is not reachable at qemu:///system: run scripts/test-env.sh")
     if not os.access(HOOK, os.X_OK):
         pytest.fail(f"{HOOK} is not installed: run ./install.sh")
+
+
+def define(name: str, xml: str) -> None:
+    """virsh define from a string (through a temporary file, removed again)."""
+    fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".xml")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(xml)
+        virsh("define", path, check=True)
+    finally:
+        os.unlink(path)
+
+
+def stop_process(proc, timeout: float = 10) -> None:
+    """End a process this test started: SIGTERM, then SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def state(name: str) -> str:

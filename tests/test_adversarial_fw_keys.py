@@ -17,7 +17,6 @@ namespaces (sniff / send / udp68 client / udp echo server).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -27,6 +26,11 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
+
+try:
+    from tests.netns_tools import NetnsVM, csum, run
+except ImportError:  # run as a script inside a namespace: tests/ itself is sys.path[0]
+    from netns_tools import NetnsVM, csum, run
 
 PY = "/opt/qwamos/venv/bin/python"
 HERE = os.path.abspath(__file__)
@@ -47,15 +51,6 @@ def _mac(m: str) -> bytes:
     return bytes(int(x, 16) for x in m.split(":"))
 
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def eth(dst: str, src: str, etype: int, payload: bytes, vlans=()) -> bytes:
     """Ethernet frame; vlans: [(tpid, vid)] outermost first (802.1Q 0x8100, 802.1ad 0x88a8)."""
     tags = b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in vlans)
@@ -66,10 +61,10 @@ def ipv4_udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> byte
     sip, dip = socket.inet_aton(src), socket.inet_aton(dst)
     ulen = 8 + len(payload)
     udp = struct.pack("!HHHH", sport, dport, ulen, 0)
-    cs = _csum(sip + dip + struct.pack("!BBH", 0, 17, ulen) + udp + payload) or 0xFFFF
+    cs = csum(sip + dip + struct.pack("!BBH", 0, 17, ulen) + udp + payload) or 0xFFFF
     udp = struct.pack("!HHHH", sport, dport, ulen, cs) + payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 1, 0, 64, 17, 0, sip, dip)
-    return ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:] + udp
+    return ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + udp
 
 
 def arp_reply(smac: str, sip: str, tmac: str, tip: str) -> bytes:
@@ -83,7 +78,7 @@ def _ip6(a: str) -> bytes:
 
 def _l4_csum6(src: str, dst: str, nh: int, body: bytes) -> int:
     pseudo = _ip6(src) + _ip6(dst) + struct.pack("!I3xB", len(body), nh)
-    return _csum(pseudo + body)
+    return csum(pseudo + body)
 
 
 def ipv6(src: str, dst: str, nh: int, body: bytes, hlim: int = 64) -> bytes:
@@ -179,52 +174,12 @@ import pytest  # noqa: E402  (not needed in tool mode)
 # -- namespaces --------------------------------------------------------------------------
 
 
-def run(*args, ns=None, check=True, timeout=30, env=None):
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p
-
-
-class VM:
+class VM(NetnsVM):
     def __init__(self, topo, k: int, mac: str | None = None):
-        self.topo, self.k = topo, k
-        self.ns = f"qwadv2-v{k}{SUF}"
-        self.tap = f"vneta{k}{SUF}"[:15]
-        self.mac = mac or f"52:54:00:0a:d2:1{k}"
-        self.ip4, self.ip6 = f"10.98.0.1{k}", f"fd98::1{k}"
-        self.uuid = str(uuidlib.UUID(int=random.getrandbits(128)))
-        self.name = f"qwadv2-vm{k}"
-
-    def create(self):
-        run("ip", "netns", "add", self.ns)
-        run("ip", "link", "add", self.tap, "type", "veth", "peer", "name", "eth0", "netns", self.ns, ns=H)
-        run("ip", "link", "set", self.tap, "master", "br0", "up", ns=H)
-        for c in (["link", "set", "lo", "up"], ["link", "set", "eth0", "address", self.mac],
-                  ["addr", "add", f"{self.ip4}/24", "dev", "eth0"],
-                  ["addr", "add", f"{self.ip6}/64", "dev", "eth0", "nodad"],
-                  ["link", "set", "eth0", "up"],
-                  ["route", "add", "default", "via", "10.98.0.1"]):
-            run("ip", *c, ns=self.ns)
-
-    def xml(self, ips=()):
-        ipx = "".join(f"<ip address='{a}'/>" for a in ips)
-        body = (f"<domain type='qemu'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
-                f"<memory>65536</memory><devices><interface type='bridge'>"
-                f"<mac address='{self.mac}'/><source bridge='br0'/><target dev='{self.tap}'/>"
-                f"<model type='virtio'/>{ipx}</interface></devices></domain>")
-        path = os.path.join(self.topo.tmp, f"{self.name}.xml")
-        with open(path, "w") as fh:
-            fh.write(body)
-        return path
-
-    def stage(self, action, profile=None, glob=None, ips=(), check=True):
-        p = run(PY, DRIVER, action, self.xml(ips), json.dumps(profile or {}), json.dumps(glob or {}),
-                ns=H, check=False, env=self.topo.env)
-        if check:
-            assert p.returncode == 0, p.stderr
-        return p
+        super().__init__(topo, H, DRIVER, ns=f"qwadv2-v{k}{SUF}", tap=f"vneta{k}{SUF}"[:15],
+                         mac=mac or f"52:54:00:0a:d2:1{k}", ip4=f"10.98.0.1{k}", ip6=f"fd98::1{k}",
+                         name=f"qwadv2-vm{k}", uuid=str(uuidlib.UUID(int=random.getrandbits(128))), gw4="10.98.0.1")
+        self.k = k
 
     def send(self, *frames: bytes):
         run(PY, HERE, "send", "eth0", *[f.hex() for f in frames], ns=self.ns)
@@ -424,37 +379,15 @@ def test_second_vm_with_an_already_registered_mac_is_refused(topo, vms):
 
 # == keys ==================================================================================
 
-from tests.keys_support import UUID, Env, SwTPM  # noqa: E402
+from tests.keys_support import UUID, kenv, swtpm  # noqa: E402,F401  (fixtures)
 
 
-@pytest.fixture(scope="module")
-def swtpm_adv():
-    t = SwTPM()
-    try:
-        yield t
-    finally:
-        t.stop()
-
-
-@pytest.fixture
-def kenv_adv(swtpm_adv, tmp_path):
-    swtpm_adv.reset16()
-    e = Env(swtpm_adv, tmp_path)
-    try:
-        yield e
-    finally:
-        from qwamos_hooks.keys import deliver
-
-        deliver.wipe(e.state, UUID)
-        e.cleanup()
-
-
-def test_delivered_key_file_is_readable_by_its_owner(kenv_adv):
+def test_delivered_key_file_is_readable_by_its_owner(kenv):
     """--owner libvirt-qemu: the file is 0400 libvirt-qemu, but $STATE/keys is 0700
     root, so the QEMU user cannot reach it."""
     import pwd
 
-    e = kenv_adv
+    e = kenv
     pwd.getpwnam("libvirt-qemu")
     os.chmod(e.state, 0o755)  # like /run/qwamos
     e.enroll("disk", "--pcrs", "16", "--owner", "libvirt-qemu")
@@ -469,14 +402,14 @@ def test_delivered_key_file_is_readable_by_its_owner(kenv_adv):
         e.hook("stopped", "end")
 
 
-def test_symlinked_delivery_directory_is_refused(kenv_adv, tmp_path):
+def test_symlinked_delivery_directory_is_refused(kenv, tmp_path):
     """A runtime_dir under a shared tmpfs: a planted <uuid> symlink makes the hook
     chown/chmod the target directory as root and write the key into it."""
     import pwd
     import shutil
     import tempfile
 
-    e = kenv_adv
+    e = kenv
     nobody = pwd.getpwnam("nobody")
     rt = tempfile.mkdtemp(prefix="qwadv2-rt-", dir="/dev/shm")
     victim = tempfile.mkdtemp(prefix="qwadv2-victim-", dir="/dev/shm")
@@ -505,13 +438,13 @@ def stat_mode(st) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
-def test_rotation_interrupted_after_commit_is_reported(kenv_adv):
+def test_rotation_interrupted_after_commit_is_reported(kenv):
     """After a crash right after 'committed', v1 still unseals from disk and
     `keys status` says OK with exit 0: the retired key lives on unnoticed."""
     from qwamos_hooks.keys import manager, rotate, store
     from tests.keys_support import audit_append
 
-    e = kenv_adv
+    e = kenv
     e.enroll("disk", "--pcrs", "16")
     old = e.unseal("disk")
 
@@ -534,11 +467,11 @@ def test_rotation_interrupted_after_commit_is_reported(kenv_adv):
         f"retired v1 still unseals and status does not say so: {s.stdout.strip()}"
 
 
-def test_binding_only_to_resettable_pcrs_is_not_silent(kenv_adv):
+def test_binding_only_to_resettable_pcrs_is_not_silent(kenv):
     """PCR 23 can be reset by any TPM user (and reads zero after every boot):
     a key bound to it alone is a key bound to nothing, yet it is accepted
     without --no-pcrs and `keys status` raises no flag."""
-    e = kenv_adv
+    e = kenv
     r = e.cli("enroll", UUID, "weak", "--pcrs", "23")
     if r.returncode != 0:
         return  # refused: fixed
@@ -547,11 +480,11 @@ def test_binding_only_to_resettable_pcrs_is_not_silent(kenv_adv):
     assert "[" in line and "23" in line.split("[", 1)[1], f"no warning for a PCR-23-only key: {line}"
 
 
-def test_enrol_with_sha1_pcr_bank_works(kenv_adv):
+def test_enrol_with_sha1_pcr_bank_works(kenv):
     """--pcr-bank sha1 is offered, and the TPM has an active sha1 bank, but the
     PolicyPCR digest is hashed with the bank's algorithm instead of the policy
     session's (sha256): sealing succeeds, the verify-unseal fails."""
-    e = kenv_adv
+    e = kenv
     with e.swtpm.tpm() as t:
         assert t.read_pcrs("sha1", (16,)), "precondition: the TPM has a sha1 bank"
     r = e.cli("enroll", UUID, "legacy", "--pcr-bank", "sha1", "--pcrs", "16", "--allow-resettable-pcrs")

@@ -66,7 +66,7 @@ def test_external_entity_without_doctype_check_is_still_not_resolved(tmp_path):
     secret.write_text("TOPSECRET")
     xml = f"<!DOCTYPE d [<!ENTITY x SYSTEM 'file://{secret}'>]><domain><name>&x;</name></domain>"
     from lxml import etree
-    root = etree.fromstring(xml.encode(), domain._PARSER)
+    root = etree.fromstring(xml.encode(), domain.parser())
     assert "TOPSECRET" not in etree.tostring(root).decode()
 
 
@@ -89,6 +89,13 @@ def test_attributes_read_like_xmlgetprop():
 
 def test_name_is_not_stripped():
     assert parse(domain_xml(name=" spaced ")).name == " spaced "
+
+
+def test_identity_only_from_unparseable_xml():
+    d = domain.identity_only(b"<domain><name> vm </name><uuid>6F1C2D3E-0000-4000-8000-000000000001</uuid><desc", "s")
+    assert (d.name, d.uuid) == (" vm ", "6f1c2d3e-0000-4000-8000-000000000001")
+    assert d.interfaces == () and d.hostdevs == () and d.commandlines == () and d.metadata is None
+    assert domain.identity_only(b"<domain><name>x</name>", "s") is None
 
 
 def test_not_a_domain_is_its_own_error_type():

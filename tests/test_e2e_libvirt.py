@@ -28,12 +28,7 @@ def vm(request):
 
     def define(xml_kwargs, name=None):
         name = name or f"{e2e.PREFIX}{request.node.name[:40].replace('[', '-').replace(']', '').replace('_', '-')}-{len(names)}"
-        xml = domain_xml(name=name, uuid=str(uuidlib.uuid4()), **xml_kwargs)
-        path = f"/tmp/{name}.xml"
-        with open(path, "w") as fh:
-            fh.write(xml)
-        e2e.virsh("define", path, check=True)
-        os.unlink(path)
+        e2e.define(name, domain_xml(name=name, uuid=str(uuidlib.uuid4()), **xml_kwargs))
         names.append(name)
         return name
 

@@ -107,13 +107,8 @@ def vm():
         name = f"qwtest-fw-{kind}-{os.getpid()}-{k}"
         mac = f"52:54:00:fe:{os.getpid() % 256:02x}:{k:02x}"
         uuid = str(uuidlib.uuid4())
-        xml = domain_xml(name=name, uuid=uuid, memory_mib=128,
-                         nics=[nic("bridge", mac=mac, source=f"<source bridge='{BR}'/>")])
-        path = f"/tmp/{name}.xml"
-        with open(path, "w") as fh:
-            fh.write(xml)
-        e2e.virsh("define", path, check=True)
-        os.unlink(path)
+        e2e.define(name, domain_xml(name=name, uuid=uuid, memory_mib=128,
+                                    nics=[nic("bridge", mac=mac, source=f"<source bridge='{BR}'/>")]))
         names.append(name)
         return name, uuid, mac
 

@@ -18,7 +18,7 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.netns_tools import HERE as TOOLS, PY
+from tests.netns_tools import HERE as TOOLS, PY, NetnsVM, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "fw_driver.py")
@@ -27,53 +27,12 @@ H, LAN = f"qwfwh{SUF}", f"qwfwl{SUF}"
 TOR_GLOBAL = {"tor": {"address": "10.99.0.1", "address6": "fd99::1", "trans_port": 9040, "dns_port": 5353}}
 
 
-def run(*args, ns=None, check=True, timeout=20):
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
-    return p
-
-
-class VM:
+class VM(NetnsVM):
     def __init__(self, topo, k):
-        self.topo, self.k = topo, k
-        self.ns = f"qwfwv{k}{SUF}"
-        self.tap = f"vnet{k}{SUF}"[:15]
-        self.mac = f"52:54:00:00:00:1{k}"
-        self.ip4, self.ip6 = f"10.99.0.1{k}", f"fd99::1{k}"
-        self.uuid = str(uuidlib.UUID(int=random.getrandbits(128)))
-        self.name = f"qwfw-vm{k}"
-
-    def create(self):
-        run("ip", "netns", "add", self.ns)
-        run("ip", "link", "add", self.tap, "type", "veth", "peer", "name", "eth0", "netns", self.ns, ns=H)
-        run("ip", "link", "set", self.tap, "master", "br0", "up", ns=H)
-        for c in (["link", "set", "lo", "up"], ["link", "set", "eth0", "address", self.mac],
-                  ["addr", "add", f"{self.ip4}/24", "dev", "eth0"],
-                  ["addr", "add", f"{self.ip6}/64", "dev", "eth0", "nodad"],
-                  ["link", "set", "eth0", "up"],
-                  ["route", "add", "default", "via", "10.99.0.1"],
-                  ["-6", "route", "add", "default", "via", "fd99::1"]):
-            run("ip", *c, ns=self.ns)
-
-    def xml(self, ips=()):
-        ipx = "".join(f"<ip address='{a}'/>" for a in ips)
-        body = (f"<domain type='qemu'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
-                f"<memory>65536</memory><devices><interface type='bridge'>"
-                f"<mac address='{self.mac}'/><source bridge='br0'/><target dev='{self.tap}'/>"
-                f"<model type='virtio'/>{ipx}</interface></devices></domain>")
-        path = os.path.join(self.topo.tmp, f"{self.name}.xml")
-        with open(path, "w") as fh:
-            fh.write(body)
-        return path
-
-    def stage(self, action, profile=None, glob=None, ips=(), check=True):
-        p = run(PY, DRIVER, action, self.xml(ips), json.dumps(profile or {}), json.dumps(glob or {}),
-                ns=H, check=False)
-        if check:
-            assert p.returncode == 0, p.stderr
-        return p
+        super().__init__(topo, H, DRIVER, ns=f"qwfwv{k}{SUF}", tap=f"vnet{k}{SUF}"[:15], mac=f"52:54:00:00:00:1{k}",
+                         ip4=f"10.99.0.1{k}", ip6=f"fd99::1{k}", name=f"qwfw-vm{k}",
+                         uuid=str(uuidlib.UUID(int=random.getrandbits(128))), gw4="10.99.0.1", gw6="fd99::1")
+        self.k = k
 
     def apply(self, profile, glob=None, ips=()):
         return self.stage("apply", profile, glob, ips)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import uuid as uuidlib
 
 import pytest
@@ -260,13 +258,7 @@ class Watcher:
         return found[0]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        e2e.stop_process(self.proc)
         self.stderr.close()
         return self.proc.returncode
 
@@ -499,13 +491,7 @@ class PrivateLibvirtd:
         assert up, "private libvirtd did not come up"
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        e2e.stop_process(self.proc)
 
     def domstate(self, name):
         return subprocess.run(["virsh", "-c", self.uri, "domstate", name],
