@@ -399,6 +399,11 @@ def test_rescan_enforces_a_policy_edit_without_any_event(host, tmp_path, names, 
     start_vm(tmp_path, name)
     attach(tmp_path, name, BAD_USB_NIC.format(last="73"))
     w.wait_record(name, lambda r: r["decision"] == "audit-allow")
+    # Let the attach's own events (device-added may come after a rescan saw the
+    # device) be handled before the edit, so the edit is seen by a rescan alone.
+    settled = []
+    e2e.wait_for(lambda: settled.append(len(w.records(name))) or settled[-3:].count(settled[-1]) == 3
+                 and len(settled) >= 3, timeout=10, step=0.5)
     tmp = w.policy.with_suffix(".new")
     tmp.write_text(open(DEFAULT_YAML).read())
     os.replace(tmp, w.policy)
